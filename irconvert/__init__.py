@@ -1,0 +1,25 @@
+"""irconvert: turn a trained PyTorch network into an IR-Net binary network."""
+
+from irconvert.config import BinarizeConfig, EDEConfig
+from irconvert.convert import ConversionReport, binarize, binarize_, plan, unbinarize_
+from irconvert.errors import IRConvertError
+from irconvert.functional import ede_schedule
+from irconvert.nn import IRConv2d, IRLinear, set_ede
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinarizeConfig",
+    "ConversionReport",
+    "EDEConfig",
+    "IRConv2d",
+    "IRConvertError",
+    "IRLinear",
+    "__version__",
+    "binarize",
+    "binarize_",
+    "ede_schedule",
+    "plan",
+    "set_ede",
+    "unbinarize_",
+]

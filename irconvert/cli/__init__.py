@@ -1,0 +1,58 @@
+"""The ``irconvert`` command line: a thin typer shell over the library.
+
+Each command lives in its own module and registers itself on :data:`app`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from irconvert import __version__
+from irconvert.cli._common import console, set_debug
+
+app = typer.Typer(
+    name="irconvert",
+    help="Turn a trained PyTorch network into an IR-Net binary network, "
+    "fine-tune it and export it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"irconvert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    set_debug(debug)
+
+
+def _register() -> None:
+    # Imported for their side effect: each module adds its commands to ``app``.
+    import importlib
+
+    for name in ("inspect_cmd", "train_cmd", "export_cmd"):
+        try:
+            importlib.import_module(f"irconvert.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"irconvert.cli.{name}":
+                raise
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

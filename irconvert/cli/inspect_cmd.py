@@ -1,0 +1,82 @@
+"""``irconvert inspect``: what binarization would do to a model, layer by layer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from irconvert.cli import app
+from irconvert.cli._common import console, human_bytes, print_json, user_errors
+from irconvert.cli.options import (
+    ActBits, Arch, BlockTransform, Exclude, Include, KeepClassifier, KeepDepthwise,
+    KeepDownsample, KeepGrouped, KeepStem, NumClasses, Pretrained, TrustPickle, binarize_config,
+)
+from irconvert.convert import ConversionReport, plan
+
+
+def render_report(report: ConversionReport, title: str) -> None:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col, kw in (("layer", {}), ("type", {}), ("shape", {}), ("params", {"justify": "right"}),
+                    ("decision", {}), ("reason", {})):
+        table.add_column(col, **kw)  # type: ignore[arg-type]
+    for row in report.rows:
+        decision = "[green]binarize[/]" if row.binarize else "[yellow]keep fp32[/]"
+        reason = row.reason + (" [red](inputs >= 0!)[/]" if row.warning else "")
+        table.add_row(row.name, row.type, "x".join(map(str, row.shape)), f"{row.params:,}",
+                      decision, reason)
+    console.print(table)
+    if report.blocks:
+        console.print(f"Block transforms (Hardtanh + shortcut per binarized conv): "
+                      f"{len(report.blocks)} blocks: {', '.join(report.blocks)}")
+    totals = Table.grid(padding=(0, 2))
+    totals.add_row("mode", f"1W/{report.act_bits}A")
+    totals.add_row("binarized layers", f"{report.binarized_layers} of {len(report.rows)}")
+    totals.add_row("parameters binarized",
+                   f"{report.binarized_params:,} of {report.total_params:,} "
+                   f"({100 * report.binarized_params / max(report.total_params, 1):.1f}%)")
+    totals.add_row("fp32 size", human_bytes(report.fp32_bytes))
+    totals.add_row("size after packing", human_bytes(report.packed_bytes))
+    totals.add_row("compression", f"{report.compression:.2f}x")
+    console.print(totals)
+    for line in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(
+        help="A checkpoint (.pth/.pt/.th/.safetensors), a torchvision name (resnet18), "
+        "a timm name (timm:resnet18) or a built-in name (cifar_resnet20).")],
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    act_bits: ActBits = 1,
+    include: Include = None,
+    exclude: Exclude = None,
+    keep_stem: KeepStem = True,
+    keep_classifier: KeepClassifier = True,
+    keep_downsample: KeepDownsample = True,
+    keep_depthwise: KeepDepthwise = True,
+    keep_grouped: KeepGrouped = True,
+    block_transform: BlockTransform = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Show which conv/linear layers would be binarized, why, and the size saved.
+
+    A dry run: nothing is written.
+    """
+    from irconvert.io import load_model
+
+    with user_errors():
+        config = binarize_config(act_bits, include, exclude, keep_stem, keep_classifier,
+                                 keep_downsample, keep_depthwise, keep_grouped, block_transform)
+        loaded = load_model(source, arch=arch, num_classes=num_classes, pretrained=pretrained,
+                            trust_pickle=trust_pickle)
+        report = plan(loaded.model, config)
+    if as_json:
+        print_json({"source": source, "arch": loaded.arch, **report.to_dict()})
+    else:
+        render_report(report, f"{source} ({loaded.arch})")

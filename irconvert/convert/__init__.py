@@ -1,0 +1,27 @@
+"""Conversion of float models to IR-Net models: table, selection, surgery."""
+
+from irconvert.convert.report import ConversionReport, LayerRow
+from irconvert.convert.select import Decision, decide, find_classifier, find_stem
+from irconvert.convert.surgery import (
+    BLOCK_TRANSFORMS,
+    binarize,
+    binarize_,
+    plan,
+    unbinarize_,
+)
+from irconvert.convert.table import DEFAULT_LAYER_MAP
+
+__all__ = [
+    "BLOCK_TRANSFORMS",
+    "DEFAULT_LAYER_MAP",
+    "ConversionReport",
+    "Decision",
+    "LayerRow",
+    "binarize",
+    "binarize_",
+    "decide",
+    "find_classifier",
+    "find_stem",
+    "plan",
+    "unbinarize_",
+]

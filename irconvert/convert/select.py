@@ -1,0 +1,139 @@
+"""Which layers to binarize: a decision and a reason for every conv/linear layer.
+
+IR-Net keeps the stem, the classifier and the 1x1 shortcut convolutions in
+full precision (spec, "Which layers stay full precision"); depthwise and
+grouped convolutions are a known weak spot of binarization. timm's
+``pretrained_cfg`` names the stem (``first_conv``) and the classifier; for
+other models they are found structurally (first conv, last linear).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from irconvert.config import BinarizeConfig
+from irconvert.convert.table import LayerMap, is_candidate
+from irconvert.nn import IRLayer
+
+__all__ = ["Decision", "decide", "find_classifier", "find_stem"]
+
+# Module-name components that mark a residual shortcut branch in torchvision,
+# timm and the usual hand-written ResNets.
+_SHORTCUT_WORDS = frozenset({"downsample", "shortcut", "skip", "proj", "short_cut"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The fate of one layer: ``binarize`` or not, and why."""
+
+    binarize: bool
+    reason: str
+
+
+def _cfg_names(model: nn.Module, key: str) -> list[str]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if not isinstance(cfg, dict) or not cfg.get(key):
+        return []
+    value = cfg[key]
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _resolve(model: nn.Module, names: Iterable[str]) -> set[str]:
+    """Module names from a timm cfg; a name may point at a container (``stem``)."""
+    modules = dict(model.named_modules())
+    found: set[str] = set()
+    for name in names:
+        module = modules.get(name)
+        if module is None:
+            continue
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            found.add(name)
+        else:  # a container: its first (stem) or last (head) layer is meant
+            inner = [f"{name}.{n}" for n, m in module.named_modules()
+                     if isinstance(m, (nn.Conv2d, nn.Linear))]
+            if inner:
+                found.add(inner[0] if "conv" in name or "stem" in name else inner[-1])
+    return found
+
+
+def find_stem(model: nn.Module) -> set[str]:
+    """Dotted names of the stem convolution(s)."""
+    named = _resolve(model, _cfg_names(model, "first_conv"))
+    if named:
+        return named
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return {name}
+    return set()
+
+
+def find_classifier(model: nn.Module) -> set[str]:
+    """Dotted names of the classifier layer(s)."""
+    named = _resolve(model, _cfg_names(model, "classifier"))
+    if named:
+        return named
+    last_linear = last_conv = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_linear = name
+        elif isinstance(module, nn.Conv2d):
+            last_conv = name
+    last = last_linear if last_linear is not None else last_conv
+    return {last} if last is not None else set()
+
+
+def _is_shortcut(name: str, module: nn.Module) -> bool:
+    if not isinstance(module, nn.Conv2d) or module.kernel_size != (1, 1):
+        return False
+    words = set(name.split("."))
+    return bool(words & _SHORTCUT_WORDS) or max(module.stride) > 1  # type: ignore[type-var]
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def decide(
+    model: nn.Module, config: BinarizeConfig, layer_map: LayerMap
+) -> dict[str, Decision]:
+    """A :class:`Decision` for every conv/linear layer of ``model``, in module order."""
+    stem, head = find_stem(model), find_classifier(model)
+    out: dict[str, Decision] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, IRLayer):
+            out[name] = Decision(True, "already binarized")
+            continue
+        if not is_candidate(module, layer_map):
+            continue
+        out[name] = _decide_one(name, module, config, layer_map, stem, head)
+    return out
+
+
+def _decide_one(
+    name: str, module: nn.Module, config: BinarizeConfig, layer_map: LayerMap,
+    stem: set[str], head: set[str],
+) -> Decision:
+    if _matches(name, config.exclude):
+        return Decision(False, "excluded by pattern")
+    if config.include and not _matches(name, config.include):
+        return Decision(False, "not matched by include patterns")
+    if type(module) not in layer_map:
+        return Decision(False, f"unsupported layer type {type(module).__name__}")
+    if config.keep_stem and name in stem:
+        return Decision(False, "stem")
+    if config.keep_classifier and name in head:
+        return Decision(False, "classifier")
+    if config.keep_downsample and _is_shortcut(name, module):
+        return Decision(False, "downsample shortcut")
+    groups = getattr(module, "groups", 1)
+    if groups > 1:
+        depthwise = groups == module.in_channels  # type: ignore[operator]
+        if depthwise and config.keep_depthwise:
+            return Decision(False, "depthwise")
+        if not depthwise and config.keep_grouped:
+            return Decision(False, "grouped")
+    return Decision(True, "binarized")

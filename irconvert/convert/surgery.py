@@ -1,0 +1,159 @@
+"""Module surgery: swap float conv/linear layers for IR-Net layers in place."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+
+from torch import nn
+
+from irconvert.config import BinarizeConfig
+from irconvert.convert.probe import nonnegative_inputs
+from irconvert.convert.report import ConversionReport, LayerRow, model_sizes
+from irconvert.convert.select import Decision, decide
+from irconvert.convert.table import DEFAULT_LAYER_MAP, LayerMap
+from irconvert.errors import ConversionError
+from irconvert.nn import IRLayer
+
+__all__ = ["BlockTransform", "binarize", "binarize_", "plan", "unbinarize_"]
+
+RELU_WARNING = (
+    "input is always >= 0 (it follows a ReLU), so every activation bit is +1; "
+    "use the block transforms (block_transform='on') or 1W/32A"
+)
+
+# A block transform rewrites residual blocks in place and returns the names of
+# those it changed; irconvert.convert.blocks registers the built-in ones.
+BlockTransform = Callable[[nn.Module], list[str]]
+BLOCK_TRANSFORMS: list[BlockTransform] = []
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _transform_blocks(model: nn.Module, config: BinarizeConfig) -> list[str]:
+    if not config.transforms_blocks:
+        return []
+    changed: list[str] = []
+    for transform in BLOCK_TRANSFORMS:
+        changed.extend(transform(model))
+    return changed
+
+
+def _build_report(
+    model: nn.Module, config: BinarizeConfig, decisions: dict[str, Decision], blocks: list[str],
+) -> ConversionReport:
+    modules = dict(model.named_modules())
+    chosen = {n for n, d in decisions.items() if d.binarize}
+    flagged: set[str] = set()
+    if config.binary_activations:
+        flagged = nonnegative_inputs(model, chosen) or set()
+    rows = []
+    for name, decision in decisions.items():
+        module = modules[name]
+        weight = getattr(module, "weight", None)
+        rows.append(LayerRow(
+            name=name,
+            type=type(module).__name__,
+            shape=list(weight.shape) if weight is not None else [],
+            params=sum(p.numel() for p in module.parameters(recurse=False)),
+            binarize=decision.binarize,
+            reason=decision.reason,
+            warning=RELU_WARNING if name in flagged else None,
+        ))
+    total, n_bin, fp32, packed = model_sizes(model, chosen)
+    return ConversionReport(
+        act_bits=config.act_bits, rows=rows, blocks=blocks, total_params=total,
+        binarized_params=n_bin, fp32_bytes=fp32, packed_bytes=packed,
+    )
+
+
+def plan(
+    model: nn.Module, config: BinarizeConfig | None = None,
+    layer_map: LayerMap = DEFAULT_LAYER_MAP,
+) -> ConversionReport:
+    """Dry run: what :func:`binarize_` would do to ``model``, which is not changed."""
+    config = config or BinarizeConfig()
+    work = copy.deepcopy(model)
+    blocks = _transform_blocks(work, config)
+    return _build_report(work, config, decide(work, config, layer_map), blocks)
+
+
+def binarize_(
+    model: nn.Module, config: BinarizeConfig | None = None,
+    layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True,
+) -> ConversionReport:
+    """Binarize ``model`` in place: chosen conv/linear layers become IR-Net layers.
+
+    The latent weights are the model's own tensors (shared, not copied), so a
+    pretrained model starts fine-tuning from its full-precision weights.
+    Converting an already converted model changes nothing.
+
+    Args:
+        model: any ``nn.Module``.
+        config: what to binarize; the defaults keep stem, classifier, 1x1
+            shortcuts and depthwise/grouped convolutions in full precision.
+        layer_map: float type -> IR-Net type; extend it for custom layers.
+        warn: emit a ``UserWarning`` for each 1W/1A layer whose inputs are
+            all non-negative.
+
+    Returns:
+        The :class:`ConversionReport` of what was done.
+
+    Raises:
+        ConversionError: nothing in the model can or may be binarized.
+
+    Example:
+        >>> import torchvision, irconvert
+        >>> model = torchvision.models.resnet18()
+        >>> report = irconvert.binarize_(model, irconvert.BinarizeConfig(act_bits=32))
+        >>> report.binarized_layers
+        16
+    """
+    config = config or BinarizeConfig()
+    already = any(isinstance(m, IRLayer) for m in model.modules())
+    blocks = [] if already else _transform_blocks(model, config)
+    decisions = decide(model, config, layer_map)
+    todo = [n for n, d in decisions.items() if d.binarize and d.reason != "already binarized"]
+    if not todo and not already:
+        kept = sorted({d.reason for d in decisions.values()})
+        if not decisions:
+            raise ConversionError("nothing to binarize: the model has no conv or linear layer")
+        raise ConversionError(
+            f"nothing to binarize: all {len(decisions)} conv/linear layers stay full precision "
+            f"({', '.join(kept)}); relax keep_* options or include patterns"
+        )
+    report = _build_report(model, config, decisions, blocks)
+    for name in todo:
+        old = model.get_submodule(name)
+        new = layer_map[type(old)].from_float(old, binary_act=config.binary_activations)
+        _set_submodule(model, name, new)
+    if warn:
+        for line in report.warnings:
+            warnings.warn(f"irconvert: {line}", UserWarning, stacklevel=2)
+    return report
+
+
+def binarize(
+    model: nn.Module, config: BinarizeConfig | None = None,
+    layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True,
+) -> tuple[nn.Module, ConversionReport]:
+    """Copying variant of :func:`binarize_`: the original model is untouched."""
+    new = copy.deepcopy(model)
+    return new, binarize_(new, config, layer_map, warn=warn)
+
+
+def unbinarize_(model: nn.Module) -> int:
+    """Turn every IR-Net layer back into its float layer (latent weights kept).
+
+    Block transforms are not undone. Returns the number of layers changed.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, IRLayer)]
+    for name in names:
+        layer = model.get_submodule(name)
+        _set_submodule(model, name, layer.to_float())  # type: ignore[attr-defined]
+    return len(names)

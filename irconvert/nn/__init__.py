@@ -1,0 +1,5 @@
+"""IR-Net layers: thin modules over :mod:`irconvert.functional`."""
+
+from irconvert.nn.layers import IRConv2d, IRLayer, IRLinear, set_ede
+
+__all__ = ["IRConv2d", "IRLayer", "IRLinear", "set_ede"]

@@ -1,0 +1,169 @@
+"""``IRConv2d`` and ``IRLinear``: torch layers whose weights (and optionally
+inputs) are binarized with Libra-PB and trained with EDE.
+
+They subclass ``nn.Conv2d``/``nn.Linear`` so ``isinstance`` checks, hooks and
+the ``weight``/``bias`` state-dict keys keep working. The latent weights stay
+in full precision; binarization happens in ``forward``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from irconvert.functional import ede_sign, libra_pb
+
+__all__ = ["IRConv2d", "IRLayer", "IRLinear", "set_ede"]
+
+_EDE_KEYS = ("ede_t", "ede_k")
+
+
+class IRLayer:
+    """Mixin with what both IR-Net layers share: EDE state and the act mode.
+
+    ``ede_t``/``ede_k`` are persistent buffers so they are saved and restored
+    with the model (the authors kept them as plain attributes and lost them
+    on checkpoint). A state_dict without them (a float checkpoint) still
+    loads: the current values are kept.
+    """
+
+    binary_act: bool
+    ede_t: Tensor
+    ede_k: Tensor
+
+    def _init_ir(self, binary_act: bool) -> None:
+        self.binary_act = binary_act
+        # ``register_buffer`` is on nn.Module, which every IRLayer also is.
+        module: Any = self
+        module.register_buffer("ede_t", torch.tensor(1.0))
+        module.register_buffer("ede_k", torch.tensor(1.0))
+
+    def binary_weight(self) -> Tensor:
+        """``sign(w_hat) * s``: the weight the forward pass really uses."""
+        weight: Tensor = self.weight  # type: ignore[attr-defined]
+        return libra_pb(weight, self.ede_t, self.ede_k)
+
+    def binarize_input(self, x: Tensor) -> Tensor:
+        return ede_sign(x, self.ede_t, self.ede_k) if self.binary_act else x
+
+    @property
+    def act_bits(self) -> int:
+        return 1 if self.binary_act else 32
+
+    def _fill_missing_ede(self, state_dict: dict[str, Any], prefix: str) -> None:
+        for key in _EDE_KEYS:
+            state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
+
+
+def _ir_extra_repr(base: str, layer: IRLayer) -> str:
+    return f"{base}, act_bits={layer.act_bits}"
+
+
+class IRConv2d(IRLayer, nn.Conv2d):
+    """A ``Conv2d`` with Libra-PB binary weights and, in 1W/1A mode, sign inputs.
+
+    ``y = conv2d(sign(x), sign(w_hat) * s)`` (1W/1A) or
+    ``y = conv2d(x, sign(w_hat) * s)`` (1W/32A). Stride, padding (zeros only),
+    dilation, groups and bias behave as in ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args: Any, binary_act: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"IRConv2d supports zero padding only, got {self.padding_mode!r}")
+        self._init_ir(binary_act)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, *, binary_act: bool = True) -> IRConv2d:
+        """A binarized copy of ``conv`` that shares its weight and bias tensors."""
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride, padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            binary_act=binary_act, device="meta",
+        )
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.ede_t = torch.ones((), device=conv.weight.device)
+        new.ede_k = torch.ones((), device=conv.weight.device)
+        new.train(conv.training)
+        return new
+
+    def to_float(self) -> nn.Conv2d:
+        """The plain ``Conv2d`` holding the latent weights (shared, not copied)."""
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size,  # type: ignore[arg-type]
+            stride=self.stride, padding=self.padding, dilation=self.dilation,  # type: ignore[arg-type]
+            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
+            device="meta",
+        )
+        conv.weight = self.weight
+        conv.bias = self.bias
+        conv.train(self.training)
+        return conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(
+            self.binarize_input(x), self.binary_weight(), self.bias,
+            self.stride, self.padding, self.dilation, self.groups,
+        )
+
+    def extra_repr(self) -> str:
+        return _ir_extra_repr(super().extra_repr(), self)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        self._fill_missing_ede(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class IRLinear(IRLayer, nn.Linear):
+    """A ``Linear`` with Libra-PB binary weights and, in 1W/1A mode, sign inputs."""
+
+    def __init__(self, *args: Any, binary_act: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_ir(binary_act)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, *, binary_act: bool = True) -> IRLinear:
+        """A binarized copy of ``linear`` that shares its weight and bias tensors."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                  binary_act=binary_act, device="meta")
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.ede_t = torch.ones((), device=linear.weight.device)
+        new.ede_k = torch.ones((), device=linear.weight.device)
+        new.train(linear.training)
+        return new
+
+    def to_float(self) -> nn.Linear:
+        """The plain ``Linear`` holding the latent weights (shared, not copied)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device="meta")
+        linear.weight = self.weight
+        linear.bias = self.bias
+        linear.train(self.training)
+        return linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.binarize_input(x), self.binary_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return _ir_extra_repr(super().extra_repr(), self)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        self._fill_missing_ede(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def set_ede(model: nn.Module, t: float, k: float) -> int:
+    """Set the EDE ``t``, ``k`` of every IR-Net layer in ``model``; returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, IRLayer):
+            module.ede_t.fill_(t)
+            module.ede_k.fill_(k)
+            count += 1
+    return count
