@@ -7,6 +7,7 @@ recipes (YAML) and checkpoints can hold it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -20,6 +21,9 @@ C = TypeVar("C")
 def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys by name."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(data, dict):
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}expected a mapping of fields, got {type(data).__name__}")
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}: " if where else ""
@@ -29,6 +33,10 @@ def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError as exc:  # say where in the recipe the bad value is
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
     except TypeError as exc:  # a wrong type the field check could not name
         raise ConfigError(f"{where + ': ' if where else ''}{exc}") from None
 
@@ -72,14 +80,18 @@ class BinarizeConfig:
     block_transform: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.act_bits not in (1, 32):
+        # bool is an int: ``act_bits=True`` must not pass as 1
+        if (isinstance(self.act_bits, bool) or not isinstance(self.act_bits, int)
+                or self.act_bits not in (1, 32)):
             raise ConfigError(f"act_bits must be 1 or 32, got {self.act_bits!r}")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if isinstance(value, str):
-                object.__setattr__(self, name, (value,))
-            elif not all(isinstance(p, str) for p in getattr(self, name)):
+                value = (value,)
+            # a list would make the frozen config unhashable: store a tuple
+            if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
                 raise ConfigError(f"{name} must be a list of glob patterns, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         for name in ("keep_stem", "keep_classifier", "keep_downsample",
                      "keep_depthwise", "keep_grouped"):
             if not isinstance(getattr(self, name), bool):
@@ -127,8 +139,9 @@ class EDEConfig:
     def __post_init__(self) -> None:
         for name in ("t_min", "t_max"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ConfigError(f"{name} must be a positive, finite number, got {value!r}")
         if self.t_min > self.t_max:
             raise ConfigError(f"t_min ({self.t_min}) must not exceed t_max ({self.t_max})")
         if self.per not in ("epoch", "step"):

@@ -73,9 +73,15 @@ def find_stem(model: nn.Module) -> set[str]:
 
 def find_classifier(model: nn.Module) -> set[str]:
     """Dotted names of the classifier layer(s)."""
-    named = _resolve(model, _cfg_names(model, "classifier"))
+    names = _cfg_names(model, "classifier")
+    named = _resolve(model, names)
     if named:
         return named
+    modules = dict(model.named_modules())
+    if names and all(n in modules for n in names):
+        # timm with num_classes=0: the head is an Identity, there is no
+        # classifier; the last backbone layer is not one.
+        return set()
     last_linear = last_conv = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -119,14 +125,28 @@ def _decide_one(
 ) -> Decision:
     if _matches(name, config.exclude):
         return Decision(False, "excluded by pattern")
-    if config.include and not _matches(name, config.include):
+    # include patterns both restrict and force: a matching layer skips the
+    # keep_* defaults (BinarizeConfig docstring), a non-matching one is kept.
+    forced = bool(config.include)
+    if forced and not _matches(name, config.include):
         return Decision(False, "not matched by include patterns")
-    if type(module) not in layer_map:
-        return Decision(False, f"unsupported layer type {type(module).__name__}")
-    if config.keep_stem and name in stem:
+    # stem/classifier first: a timm classifier is a timm Linear subclass, and
+    # "classifier" says more than "unsupported layer type" there.
+    if not forced and config.keep_stem and name in stem:
         return Decision(False, "stem")
-    if config.keep_classifier and name in head:
+    if not forced and config.keep_classifier and name in head:
         return Decision(False, "classifier")
+    if type(module) not in layer_map:
+        kind = type(module)
+        return Decision(False, f"unsupported layer type {kind.__module__}.{kind.__qualname__}")
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        return Decision(False, f"unsupported padding_mode {module.padding_mode!r}")
+    weight = getattr(module, "weight", None)
+    if weight is not None and weight.numel() < 2 * weight.shape[0]:
+        # Libra-PB's per-channel std needs at least two weights per channel.
+        return Decision(False, "one weight per output channel")
+    if forced:
+        return Decision(True, "included by pattern")
     if config.keep_downsample and _is_shortcut(name, module):
         return Decision(False, "downsample shortcut")
     groups = getattr(module, "groups", 1)

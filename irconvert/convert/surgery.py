@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from irconvert.config import BinarizeConfig
 from irconvert.convert.probe import nonnegative_inputs
@@ -33,6 +35,15 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def _check_initialized(model: nn.Module) -> None:
+    lazy = [n for n, p in model.named_parameters() if is_lazy(p)]
+    if lazy:
+        raise ConversionError(
+            f"parameter {lazy[0]!r} is uninitialized (a lazy module); "
+            "run one forward pass before binarizing"
+        )
 
 
 def _transform_blocks(model: nn.Module, config: BinarizeConfig) -> list[str]:
@@ -78,6 +89,7 @@ def plan(
 ) -> ConversionReport:
     """Dry run: what :func:`binarize_` would do to ``model``, which is not changed."""
     config = config or BinarizeConfig()
+    _check_initialized(model)
     work = copy.deepcopy(model)
     blocks = _transform_blocks(work, config)
     return _build_report(work, config, decide(work, config, layer_map), blocks)
@@ -105,7 +117,9 @@ def binarize_(
         The :class:`ConversionReport` of what was done.
 
     Raises:
-        ConversionError: nothing in the model can or may be binarized.
+        ConversionError: nothing in the model can or may be binarized; the
+            model has uninitialized (lazy) parameters; ``model`` is itself a
+            bare conv/linear layer.
 
     Example:
         >>> import torchvision, irconvert
@@ -115,6 +129,7 @@ def binarize_(
         16
     """
     config = config or BinarizeConfig()
+    _check_initialized(model)
     already = any(isinstance(m, IRLayer) for m in model.modules())
     blocks = [] if already else _transform_blocks(model, config)
     decisions = decide(model, config, layer_map)
@@ -127,10 +142,21 @@ def binarize_(
             f"nothing to binarize: all {len(decisions)} conv/linear layers stay full precision "
             f"({', '.join(kept)}); relax keep_* options or include patterns"
         )
+    if "" in todo:  # setattr cannot replace the object the caller holds
+        raise ConversionError(
+            f"cannot binarize a bare {type(model).__name__} in place; "
+            "wrap it in nn.Sequential or use IRConv2d/IRLinear.from_float"
+        )
     report = _build_report(model, config, decisions, blocks)
+    replaced: dict[int, nn.Module] = {}
     for name in todo:
         old = model.get_submodule(name)
-        new = layer_map[type(old)].from_float(old, binary_act=config.binary_activations)
+        replaced[id(old)] = layer_map[type(old)].from_float(
+            old, binary_act=config.binary_activations)
+    # named_modules() lists a module used in two places once: swap every place
+    places = [(n, replaced[id(m)]) for n, m in model.named_modules(remove_duplicate=False)
+              if id(m) in replaced]
+    for name, new in places:
         _set_submodule(model, name, new)
     if warn:
         for line in report.warnings:
@@ -153,7 +179,16 @@ def unbinarize_(model: nn.Module) -> int:
     Block transforms are not undone. Returns the number of layers changed.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, IRLayer)]
+    if "" in names:
+        raise ConversionError(
+            f"cannot unbinarize a bare {type(model).__name__} in place; call its to_float()"
+        )
+    floats: dict[int, nn.Module] = {}
     for name in names:
-        layer = model.get_submodule(name)
-        _set_submodule(model, name, layer.to_float())  # type: ignore[attr-defined]
+        layer: Any = model.get_submodule(name)  # an IRConv2d/IRLinear: has to_float
+        floats[id(layer)] = layer.to_float()
+    places = [(n, floats[id(m)]) for n, m in model.named_modules(remove_duplicate=False)
+              if id(m) in floats]
+    for name, new in places:
+        _set_submodule(model, name, new)
     return len(names)

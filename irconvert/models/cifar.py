@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from irconvert.errors import ConfigError
+
 __all__ = [
     "BasicBlock",
     "CifarResNet",
@@ -115,7 +117,7 @@ class CifarResNet(nn.Module):
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet-``depth`` (20, 32, 44, 56, 110) with option-A shortcuts."""
     if (depth - 2) % 6 or depth < 8:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
     n = (depth - 2) // 6
     return CifarResNet([n, n, n], num_classes)
 

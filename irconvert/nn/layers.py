@@ -38,8 +38,9 @@ class IRLayer:
         self.binary_act = binary_act
         # ``register_buffer`` is on nn.Module, which every IRLayer also is.
         module: Any = self
-        module.register_buffer("ede_t", torch.tensor(1.0))
-        module.register_buffer("ede_k", torch.tensor(1.0))
+        device = module.weight.device  # IRConv2d(..., device="cuda"): buffers there too
+        module.register_buffer("ede_t", torch.tensor(1.0, device=device))
+        module.register_buffer("ede_k", torch.tensor(1.0, device=device))
 
     def binary_weight(self) -> Tensor:
         """``sign(w_hat) * s``: the weight the forward pass really uses."""
