@@ -1,5 +1,6 @@
 """Conversion of float models to IR-Net models: table, selection, surgery."""
 
+from irconvert.convert import blocks  # noqa: F401  (registers the block transforms)
 from irconvert.convert.report import ConversionReport, LayerRow
 from irconvert.convert.select import Decision, decide, find_classifier, find_stem
 from irconvert.convert.surgery import (
