@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from irconvert.errors import LoadError, UnknownArchitectureError
-from irconvert.models import cifar
+from irconvert.models import cifar, digits
 
 __all__ = ["BUILTIN", "build_model", "builtin_names", "torchvision_names"]
 
@@ -19,6 +19,7 @@ BUILTIN: dict[str, Callable[[int], nn.Module]] = {
     "cifar_resnet56": functools.partial(cifar.cifar_resnet, 56),
     "cifar_resnet18": cifar.cifar_resnet18,
     "vgg_small": cifar.vgg_small,
+    "digits_cnn": digits.digits_cnn,
 }
 # Short names that no torchvision model uses.
 ALIASES = {f"resnet{d}": f"cifar_resnet{d}" for d in (20, 32, 44, 56)}

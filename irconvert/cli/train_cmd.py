@@ -1,0 +1,250 @@
+"""``irconvert binarize``, ``eval`` and ``demo``: fine-tuning and measuring accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from irconvert.cli import app
+from irconvert.cli._common import console, err_console, human_bytes, print_json, user_errors
+from irconvert.cli.options import Arch, NumClasses, Pretrained, TrustPickle
+
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="imagefolder:PATH (train/ and val/ or test/ inside), cifar10:PATH, "
+    "cifar100:PATH, digits, or a folder.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no progress bars.")]
+
+
+def _float_list(value: str | None, name: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {value!r}",
+                                 param_hint=name) from None
+
+
+def _is_run_dir(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "config.yaml").is_file() and (p / "run.yaml").is_file()
+
+
+def render_summary(result: Any, quiet: bool) -> None:
+    """FP vs binary accuracy, sizes and wall time."""
+    report = result.report
+    final = result.final or {}
+    nan = float("nan")
+    fp = f"{result.fp_top1:.2f}%" if result.fp_top1 is not None else "n/a"
+    rows = [
+        ("full-precision top-1 (original)", fp),
+        (f"binary top-1 (1W/{report['act_bits']}A, best)", f"{result.best_top1:.2f}%"),
+        ("binary top-1 / top-5 (last epoch)",
+         f"{final.get('val_top1', nan):.2f}% / {final.get('val_top5', nan):.2f}%"),
+        ("binarized layers", f"{report['binarized_layers']} of {len(report['rows'])}"),
+        ("fp32 size", human_bytes(report["fp32_bytes"])),
+        ("size after packing", f"{human_bytes(report['packed_bytes'])} "
+                               f"({report['compression']:.1f}x smaller)"),
+        ("epochs", str(result.epochs)),
+        ("wall time", f"{result.wall_time:.1f} s"),
+        ("run directory", str(result.run_dir)),
+    ]
+    if quiet:
+        for key, value in rows:
+            console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title="irconvert summary", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _run_training(call: Any, quiet: bool) -> None:
+    from irconvert.train.trainer import TrainingInterrupted
+
+    with user_errors():
+        try:
+            result = call()
+        except TrainingInterrupted as exc:
+            err_console.print(f"[bold yellow]interrupted:[/] {exc}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(130) from None
+    if result.run_dir is not None and _is_main():
+        render_summary(result, quiet)
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command()
+def binarize(
+    model: Annotated[str, typer.Argument(
+        help="The full-precision model (checkpoint file, torchvision/timm/built-in name), "
+        "or a run directory to continue with --resume.")],
+    data: Annotated[str | None, typer.Option(
+        "--data", help="imagefolder:PATH, cifar10:PATH, cifar100:PATH, digits, or a folder.")]
+    = None,
+    recipe: Annotated[Path | None, typer.Option(
+        "--recipe", help="YAML training recipe (see recipes/); defaults when omitted.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory to write.")] = None,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    pretrained: Pretrained = False,
+    trust_pickle: TrustPickle = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override epochs.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Override steps.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Override optimizer.lr.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Override batch_size (per process).")] = None,
+    act_bits: Annotated[int | None, typer.Option(
+        "--act-bits", help="Override binarize.act_bits: 1 (1W/1A) or 32 (1W/32A).")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Override device: auto, cpu, cuda, cuda:N.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override seed.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Override workers (DataLoader processes).")] = None,
+    amp: Annotated[str | None, typer.Option(
+        "--amp", help="Override amp: none, bf16, fp16 (CUDA only).")] = None,
+    replace_classifier: Annotated[bool, typer.Option(
+        "--replace-classifier", help="Train a new classifier when the model's class count "
+        "differs from the data's.")] = False,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Let torchvision download CIFAR into the --data path.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out (or the run directory given as MODEL) "
+        "from its last.pt.")] = False,
+    quiet: Quiet = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the conversion plan and the resolved recipe; train nothing.")]
+    = False,
+) -> None:
+    """Binarize a trained model and fine-tune it with the IR-Net EDE schedule.
+
+    Writes a run directory: config.yaml, run.yaml, last.pt, best.pt, metrics.jsonl
+    and curves.png. Ctrl-C or SIGTERM saves last.pt first; --resume continues it
+    exactly. Works under torchrun (one process per GPU).
+    """
+    from irconvert.train.recipe import TrainConfig, apply_overrides, load_recipe
+    from irconvert.train.trainer import binarize_and_train, resume_run
+
+    overrides = {"epochs": epochs, "steps": steps, "optimizer.lr": lr, "batch_size": batch_size,
+                 "binarize.act_bits": act_bits, "device": device, "seed": seed,
+                 "workers": workers, "amp": amp}
+    run_dir_given = _is_run_dir(model)
+    if run_dir_given and not resume:
+        raise typer.BadParameter(f"{model} is a run directory; add --resume to continue it",
+                                 param_hint="MODEL")
+    if not run_dir_given:
+        if data is None:
+            raise typer.BadParameter("is required (where the training images are)",
+                                     param_hint="--data")
+        if out is None:
+            raise typer.BadParameter("is required (the run directory to write)",
+                                     param_hint="--out")
+    with user_errors():
+        if run_dir_given:
+            base = load_recipe(recipe or Path(model) / "config.yaml")
+        else:
+            base = load_recipe(recipe) if recipe is not None else TrainConfig()
+        config = apply_overrides(base, overrides)
+        if run_dir_given:
+            _run_training(lambda: resume_run(model, overrides=config, quiet=quiet), quiet)
+            return
+        assert data is not None and out is not None
+        if dry_run:
+            _dry_run(model, config, arch, num_classes, pretrained, trust_pickle)
+            return
+    _run_training(lambda: binarize_and_train(
+        model, data, config, out, arch=arch, num_classes=num_classes, pretrained=pretrained,
+        trust_pickle=trust_pickle, replace_classifier=replace_classifier, download=download,
+        resume=resume, quiet=quiet), quiet)
+
+
+def _dry_run(model: str, config: Any, arch: str | None, num_classes: int | None,
+             pretrained: bool, trust_pickle: bool) -> None:
+    import yaml
+
+    from irconvert.cli.inspect_cmd import render_report
+    from irconvert.convert import plan
+    from irconvert.io import load_model
+
+    loaded = load_model(model, arch=arch, num_classes=num_classes, pretrained=pretrained,
+                        trust_pickle=trust_pickle)
+    render_report(plan(loaded.model, config.binarize), f"{model} ({loaded.arch})")
+    console.print("[bold]recipe[/]")
+    console.print(yaml.safe_dump(config.to_dict(), sort_keys=False), highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    path: Annotated[str, typer.Argument(
+        help="A run directory or run checkpoint (.pt), an export (.irc, .onnx, OpenVINO "
+        ".xml or folder), or an original model (anything 'binarize' takes).")],
+    data: DataOpt,
+    split: Annotated[str, typer.Option(
+        "--split", help="Evaluation split: auto (val/, else test/), val or test.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+    = 256,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "cpu",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes.")]
+    = 0,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    trust_pickle: TrustPickle = False,
+    mean: Annotated[str | None, typer.Option(
+        "--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406 (default: recorded in "
+        "the run, else the model's own).")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Normalisation std.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Evaluate an evenly spaced subset of this many images.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Measure top-1/top-5 accuracy and loss of a model on a data set."""
+    from irconvert.train.evaluate import evaluate_source
+
+    m, s = _float_list(mean, "--mean"), _float_list(std, "--std")
+    if (m is None) != (s is None):
+        raise typer.BadParameter("give both --mean and --std, or neither", param_hint="--mean")
+    with user_errors():
+        result = evaluate_source(path, data, split=split, batch_size=batch_size, device=device,
+                                 workers=workers, arch=arch, num_classes=num_classes,
+                                 trust_pickle=trust_pickle, mean=m, std=s, limit=limit)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"{path} on {result['data']} ({result['split']}, {result['images']} images): "
+                  f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+                  f"loss {result['loss']:.4f}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run directory (replaced).")]
+    = Path("runs/demo"),
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="Where the trained full-precision model is cached "
+        "(default ~/.cache/irconvert).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="Fine-tuning epochs (default 20).")] = None,
+    fp_epochs: Annotated[int, typer.Option(
+        "--fp-epochs", min=1, help="Epochs of the full-precision training (cached).")] = 15,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, auto.")] = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole pipeline offline on scikit-learn's 8x8 digits.
+
+    Trains a small full-precision CNN once (cached), binarizes it (1W/1A),
+    fine-tunes it with the EDE schedule and prints FP vs binary accuracy.
+    """
+    from irconvert.demo import run_demo
+
+    _run_training(lambda: run_demo(out, cache_dir=cache_dir, epochs=epochs, quiet=quiet,
+                                   device=device, fp_epochs=fp_epochs), quiet)

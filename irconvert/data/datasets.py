@@ -1,0 +1,161 @@
+"""Data sets named on the command line: ``imagefolder:PATH``, ``cifar10:PATH``...
+
+Every data set here yields ``(PIL image, label)``; :mod:`irconvert.data.loaders`
+adds the transforms, the sampler and the batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from irconvert.errors import DataError
+
+__all__ = ["KINDS", "DataBundle", "DataSpec", "open_data", "parse_data_spec"]
+
+KINDS = ("imagefolder", "cifar10", "cifar100", "digits")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data is: ``kind`` is one of :data:`KINDS`."""
+
+    kind: str
+    root: Path
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "digits" else f"{self.kind}:{self.root}"
+
+
+@dataclass
+class DataBundle:
+    """A training split, an evaluation split and the class names.
+
+    ``train``/``val`` yield ``(PIL image, int label)``. ``arrays`` optionally
+    holds the training images as one uint8 ``N,C,H,W`` array-like (for the
+    GPU cache) when the format has it at hand.
+    """
+
+    train: Dataset[Any] | None
+    val: Dataset[Any]
+    classes: list[str]
+    name: str = ""
+    val_split: str = "val"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """``imagefolder:PATH``, ``cifar10:PATH``, ``cifar100:PATH``, ``digits`` or a folder.
+
+    ``digits`` is scikit-learn's bundled 8x8 digits (offline; the demo's data).
+
+    Raises:
+        DataError: an unknown prefix.
+    """
+    if spec in ("digits", "digits:"):
+        return DataSpec("digits", Path())
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in KINDS:
+        return DataSpec(kind, Path(rest).expanduser())
+    if sep and len(kind) > 1 and not Path(spec).exists():  # 'C:\\...' stays a path
+        raise DataError(f"--data {spec!r}: unknown data kind {kind!r}; "
+                        f"allowed: {', '.join(KINDS)} (as KIND:PATH) or a folder")
+    return DataSpec("imagefolder", Path(spec).expanduser())
+
+
+class _ModeConvert(Dataset[Any]):
+    """Convert PIL images to ``L`` or ``RGB`` so the channel count fits the model."""
+
+    def __init__(self, base: Dataset[Any], mode: str) -> None:
+        self.base, self.mode = base, mode
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img, label = self.base[i]
+        if getattr(img, "mode", self.mode) != self.mode:
+            img = img.convert(self.mode)
+        return img, int(label)
+
+    def __getattr__(self, name: str) -> Any:  # targets, data, classes...
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def _imagefolder(root: Path, split: str, mode: str) -> tuple[Dataset[Any] | None, Dataset[Any],
+                                                              list[str], str]:
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    val_names = ("val", "test") if split == "auto" else (split,)
+    val_dir = next((root / n for n in val_names if (root / n).is_dir()), None)
+    if val_dir is None:
+        raise DataError(f"{root}: no {' or '.join(n + '/' for n in val_names)} folder inside "
+                        "(expected train/ and val/ or test/, one sub-folder per class)")
+    try:
+        val = ImageFolder(str(val_dir))
+        train = ImageFolder(str(root / "train")) if (root / "train").is_dir() else None
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{root}: {str(exc).splitlines()[0]}") from None
+    if train is not None and train.classes != val.classes:
+        raise DataError(f"{root}: train/ and {val_dir.name}/ hold different class folders "
+                        f"({len(train.classes)} vs {len(val.classes)})")
+    return (_ModeConvert(train, mode) if train is not None else None,
+            _ModeConvert(val, mode), list(val.classes), val_dir.name)
+
+
+def _cifar(kind: str, root: Path, mode: str, download: bool) -> tuple[Dataset[Any], Dataset[Any],
+                                                                        list[str]]:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as exc:
+        hint = "" if download else " (pass --download to fetch it)"
+        raise DataError(f"{kind}:{root}: {str(exc).splitlines()[0]}{hint}") from None
+    except OSError as exc:
+        raise DataError(f"{kind}:{root}: could not download ({type(exc).__name__})") from None
+    return _ModeConvert(train, mode), _ModeConvert(test, mode), list(train.classes)
+
+
+def open_data(spec: str | DataSpec, *, split: str = "auto", channels: int = 3,
+              download: bool = False) -> DataBundle:
+    """Open the training and evaluation splits of a data set.
+
+    Args:
+        spec: see :func:`parse_data_spec`.
+        split: the evaluation split (``val``, ``test``); ``auto`` takes ``val/``
+            and falls back to ``test/``.
+        channels: 1 reads images as grayscale, 3 as RGB.
+        download: let torchvision download CIFAR (only when asked).
+
+    Raises:
+        DataError: the data is missing or malformed.
+    """
+    if isinstance(spec, str):
+        spec = parse_data_spec(spec)
+    mode = "L" if channels == 1 else "RGB"
+    if spec.kind == "digits":
+        from irconvert.data.digits import digits_bundle
+
+        bundle: DataBundle = digits_bundle()
+        return bundle
+    if spec.kind == "imagefolder":
+        train, val, classes, val_name = _imagefolder(spec.root, split, mode)
+        return DataBundle(train, val, classes, name=str(spec), val_split=val_name)
+    train, val, classes = _cifar(spec.kind, spec.root, mode, download)
+    return DataBundle(train, val, classes, name=str(spec), val_split="test")

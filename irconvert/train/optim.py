@@ -1,0 +1,60 @@
+"""Optimizer with decay-free BatchNorm/bias groups, and the per-step lr schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from irconvert.train.recipe import OptimizerConfig, ScheduleConfig
+
+__all__ = ["build_optimizer", "lr_factor_fn", "param_groups"]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    """Conv/linear weights decay; biases, BatchNorm and other 1-d parameters do not."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups: list[dict[str, object]] = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,  # type: ignore[arg-type]
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)  # type: ignore[arg-type]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)  # type: ignore[arg-type]
+
+
+def lr_factor_fn(cfg: ScheduleConfig, base_lr: float, total_steps: int,
+                 steps_per_epoch: int) -> Callable[[int], float]:
+    """``step -> lr / base_lr`` for ``LambdaLR`` (stepped once per optimizer step)."""
+    unit = steps_per_epoch if cfg.unit == "epoch" else 1
+    warmup = cfg.warmup * unit
+    milestones = [m * unit for m in cfg.milestones]
+    start = (cfg.warmup_start_lr or 0.0) / base_lr
+    floor = cfg.min_lr / base_lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return start + (1.0 - start) * step / warmup
+        if cfg.name == "cosine":
+            span = max(total_steps - warmup, 1)
+            progress = min((step - warmup) / span, 1.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if cfg.name == "step":
+            return float(cfg.gamma ** sum(step >= m for m in milestones))
+        return 1.0
+
+    return factor

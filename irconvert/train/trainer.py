@@ -1,0 +1,621 @@
+"""The fine-tuning loop: binarize a float model, train it with the EDE schedule.
+
+Run directory (written by rank 0 only, every file atomically):
+
+    config.yaml     the resolved recipe (a valid ``--recipe`` file)
+    run.yaml        where the model and data came from (for ``--resume``)
+    last.pt         run checkpoint + trainer state, after every epoch and on stop
+    best.pt         the checkpoint with the best validation top-1
+    metrics.jsonl   one JSON object per epoch
+    curves.png      loss, accuracy, lr and EDE t per epoch
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from irconvert.checkpoint import atomic_save, new_checkpoint
+from irconvert.config import BinarizeConfig
+from irconvert.convert import ConversionReport, binarize_, find_classifier
+from irconvert.data.datasets import DataBundle, open_data
+from irconvert.data.loaders import (
+    AugmentedDataset,
+    GPUCachedLoader,
+    build_transform,
+    images_as_uint8,
+    make_loader,
+    resolve_normalization,
+)
+from irconvert.errors import ConfigError, DataError, IRConvertError, LoadError
+from irconvert.functional import ede_schedule
+from irconvert.nn import set_ede
+from irconvert.train.distributed import all_reduce_sum, cleanup, init_distributed
+from irconvert.train.evaluate import EvalResult, _autocast, evaluate
+from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
+from irconvert.train.optim import build_optimizer, lr_factor_fn
+from irconvert.train.progress import Progress, make_progress
+from irconvert.train.recipe import TrainConfig, load_recipe, save_recipe
+
+__all__ = [
+    "FitResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "fit",
+    "model_outputs",
+    "replace_classifier_",
+    "resolve_device",
+]
+
+
+class TrainingInterrupted(IRConvertError):
+    """Training stopped on request (Ctrl-C, SIGTERM); ``last.pt`` was saved."""
+
+
+@dataclass
+class FitResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    fp_top1: float | None
+    fp_top5: float | None
+    best_top1: float
+    final: dict[str, Any]
+    report: dict[str, Any]
+    wall_time: float
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device when there is one, else the CPU."""
+    try:
+        if name == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cpu")
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"field 'device' must be auto, cpu, cuda or cuda:N, "
+                          f"got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"field 'device' is {name!r} but CUDA is not available here")
+    return device
+
+
+def model_outputs(model: nn.Module) -> int | None:
+    """Size of the classifier's output, when there is a recognisable one."""
+    for name in sorted(find_classifier(model)):
+        layer = model.get_submodule(name)
+        for attr in ("out_features", "out_channels"):
+            if isinstance(getattr(layer, attr, None), int):
+                return int(getattr(layer, attr))
+    return None
+
+
+def model_channels(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    return 3
+
+
+def replace_classifier_(model: nn.Module, num_classes: int) -> list[str]:
+    """Give ``model`` a freshly initialised classifier with ``num_classes`` outputs."""
+    changed = []
+    for name in sorted(find_classifier(model)):
+        old = model.get_submodule(name)
+        new: nn.Module
+        if isinstance(old, nn.Linear):
+            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        elif isinstance(old, nn.Conv2d):
+            new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size,  # type: ignore[arg-type]
+                            old.stride, old.padding,  # type: ignore[arg-type]
+                            bias=old.bias is not None)
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        changed.append(name)
+    if not changed:
+        raise LoadError("--replace-classifier: no linear or conv classifier found in the model")
+    return changed
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": list(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _np_rng_plain(state: dict[str, Any]) -> dict[str, Any]:
+    # weights_only loading accepts tensors, not numpy arrays
+    np_state = list(state["numpy"])
+    np_state[1] = torch.from_numpy(np.asarray(np_state[1]).astype(np.int64))
+    return {**state, "numpy": np_state}
+
+
+@contextlib.contextmanager
+def _stop_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM set a flag the loop checks; a second Ctrl-C aborts at once."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        trainer.progress.log(f"{signal.Signals(signum).name} received: saving last.pt and "
+                             "stopping after this step (Ctrl-C again to abort)")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """One fine-tuning run. Most callers want :func:`fit`.
+
+    Args:
+        model: the full-precision model (binarized in place here, unless it
+            already holds IR-Net layers).
+        data: the data set.
+        recipe: the training recipe.
+        out_dir: the run directory.
+        arch, source, num_classes: recorded in checkpoints so the model can
+            be rebuilt (``arch``) and traced back to its file (``source``).
+        run_info: written to ``run.yaml`` (how to reload model and data).
+        replace_classifier: replace a classifier whose size does not match
+            the data instead of failing.
+        progress: where progress goes (rich bars by default).
+        on_step: called after every optimizer step (tests use it to stop).
+        evaluate_fp: measure the original model's accuracy first.
+
+    A resumed run ends with the same weights, bit for bit, as an uninterrupted
+    one on the same hardware and thread count (float sums depend on both).
+    """
+
+    def __init__(self, model: nn.Module, data: DataBundle, recipe: TrainConfig,
+                 out_dir: str | os.PathLike[str], *, arch: str | None = None,
+                 source: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
+                 replace_classifier: bool = False, progress: Progress | None = None,
+                 quiet: bool = False, on_step: Callable[[Trainer], None] | None = None,
+                 evaluate_fp: bool = True) -> None:
+        self.recipe, self.data, self.out_dir = recipe, data, Path(out_dir)
+        self.arch, self.source, self.run_info = arch, source or {}, run_info or {}
+        self.on_step = on_step
+        self.device = resolve_device(recipe.device)
+        self.env = init_distributed(self.device)
+        if self.device.type == "cuda" and self.env.distributed and recipe.device == "auto":
+            self.device = torch.device("cuda", self.env.local_rank)
+        self.progress = progress or make_progress(quiet=quiet, is_main=self.env.is_main)
+        self.stop_requested = False
+        self.use_amp = recipe.amp if self.device.type == "cuda" else "none"
+        self.channels_last = recipe.channels_last and self.device.type == "cuda"
+        if data.train is None:
+            raise DataError(f"{data.name}: no train/ split to fine-tune on")
+
+        self.num_classes = data.num_classes
+        outputs = model_outputs(model)
+        if outputs is not None and outputs != data.num_classes:
+            if not replace_classifier:
+                raise DataError(f"the model has {outputs} outputs but {data.name} has "
+                                f"{data.num_classes} classes; pass --replace-classifier to "
+                                "train a new classifier")
+            replace_classifier_(model, data.num_classes)
+        self.channels = model_channels(model)
+        self.mean, self.std = resolve_normalization(recipe.data, model, self.channels)
+        _seed_everything(recipe.seed)
+        self._build_loaders()
+
+        self.fp_result: EvalResult | None = None
+        model = model.to(self.device)
+        if evaluate_fp:  # every rank takes part (the sums are all-reduced)
+            self.fp_result = evaluate(model, self.val_loader, self.device, env=self.env)
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if recipe.distill else None
+        self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        self.model = model
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.distill: nn.Module | None = None
+        if teacher is not None and recipe.distill is not None:
+            from irconvert.train.distill import DistillationLoss
+
+            self.distill = DistillationLoss(teacher, alpha=recipe.distill.alpha,
+                                            temperature=recipe.distill.temperature)
+        self.forward_model: nn.Module = model
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DDP(model, device_ids=ids)
+        if recipe.compile:
+            self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
+
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{data.name}: the training split is empty")
+        if recipe.steps is not None:
+            self.total_steps = recipe.steps
+            self.epochs = math.ceil(recipe.steps / self.steps_per_epoch)
+        else:
+            self.total_steps = recipe.epochs * self.steps_per_epoch
+            self.epochs = recipe.epochs
+        self.optimizer = build_optimizer(model, recipe.optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor_fn(recipe.schedule, recipe.optimizer.lr,
+                                         self.total_steps, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp == "fp16")
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best_top1 = -1.0
+        self.history: list[dict[str, Any]] = []
+        self._partial: list[float] = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, n, secs
+
+    # -- data ---------------------------------------------------------------
+    def _build_loaders(self) -> None:
+        r, d, env = self.recipe, self.data, self.env
+        assert d.train is not None
+        common = {"rank": env.rank, "world_size": env.world_size}
+        if r.data.gpu_cache:
+            images, labels = images_as_uint8(d.train)
+            self.train_loader: Any = GPUCachedLoader(
+                images, labels, r.data, self.mean, self.std, batch_size=r.batch_size,
+                train=True, seed=r.seed, device=self.device, **common)
+            v_images, v_labels = images_as_uint8(d.val)
+            self.val_loader: Any = GPUCachedLoader(
+                v_images, v_labels, r.data, self.mean, self.std, batch_size=r.batch_size,
+                train=False, seed=r.seed, device=self.device, **common)
+            return
+        size = None
+        if not r.data.random_resized_crop and not r.data.crop:
+            img, _ = d.train[0]
+            size = (img.size[1], img.size[0])
+        train_tf = build_transform(r.data, self.mean, self.std, train=True, image_size=size)
+        val_tf = build_transform(r.data, self.mean, self.std, train=False)
+        pin = r.data.pin_memory and self.device.type == "cuda"
+        self.train_set = AugmentedDataset(d.train, train_tf, seed=r.seed)
+        self.train_loader = make_loader(self.train_set, batch_size=r.batch_size, train=True,
+                                        seed=r.seed, workers=r.workers, pin_memory=pin, **common)
+        self.val_loader = make_loader(AugmentedDataset(d.val, val_tf), batch_size=r.batch_size,
+                                      train=False, seed=r.seed, workers=r.workers,
+                                      pin_memory=pin, **common)
+
+    def _set_epoch(self, epoch: int, skip_batches: int) -> None:
+        sampler = (self.train_loader.sampler)
+        sampler.set_epoch(epoch, skip=skip_batches * self.recipe.batch_size)
+        if isinstance(getattr(self, "train_set", None), AugmentedDataset):
+            self.train_set.set_epoch(epoch)
+
+    # -- EDE and state ----------------------------------------------------------
+    def _update_ede(self) -> tuple[float, float]:
+        ede = self.recipe.ede
+        if ede.per == "step":
+            t, k = ede_schedule(self.global_step, self.total_steps, ede.t_min, ede.t_max)
+        else:
+            t, k = ede_schedule(self.epoch, self.epochs, ede.t_min, ede.t_max)
+        set_ede(self.model, t, k)
+        return t, k
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The dict saved as ``last.pt``: run checkpoint plus full trainer state."""
+        fp = self.fp_result.to_dict() if self.fp_result else None
+        return new_checkpoint(
+            self.model, arch=self.arch, num_classes=self.num_classes,
+            config=self.recipe.binarize, source=self.source,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+            step=self.global_step, rng=_np_rng_plain(_rng_state()),
+            recipe=self.recipe.to_dict(), metrics={"best_top1": self.best_top1, "fp": fp},
+            history=self.history, partial=list(self._partial),
+            report=self.report.to_dict(), normalization={"mean": list(self.mean),
+                                                         "std": list(self.std)},
+            classes=list(self.data.classes),
+        )
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore everything :meth:`checkpoint` saved (for ``--resume``)."""
+        if ckpt.get("recipe") is not None and ckpt["recipe"] != self.recipe.to_dict():
+            changed = sorted(k for k, v in self.recipe.to_dict().items()
+                             if ckpt["recipe"].get(k) != v)
+            self.progress.log(f"note: resuming with a changed recipe ({', '.join(changed)})")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise LoadError(f"last.pt does not fit the model: "
+                            f"{str(exc).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        self.global_step = int(ckpt["step"])
+        self.best_top1 = float(ckpt["metrics"]["best_top1"])
+        fp = ckpt["metrics"].get("fp")
+        self.fp_result = EvalResult(**fp) if fp else None
+        self.history = list(ckpt.get("history", []))
+        self._partial = [float(v) for v in ckpt.get("partial", [0, 0, 0, 0, 0])]
+        _set_rng_state(ckpt["rng"])
+
+    def _save(self, name: str, ckpt: dict[str, Any] | None = None) -> None:
+        if self.env.is_main:
+            atomic_save(ckpt if ckpt is not None else self.checkpoint(), self.out_dir / name)
+
+    def _write_run_files(self) -> None:
+        if not self.env.is_main:
+            return
+        import yaml
+
+        save_recipe(self.recipe, self.out_dir / "config.yaml")
+        from irconvert.train.metrics import _atomic_write
+
+        _atomic_write(self.out_dir / "run.yaml",
+                      yaml.safe_dump(self.run_info, sort_keys=False).encode())
+
+    # -- the loop -----------------------------------------------------------------
+    def _loss(self, inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.distill is not None:
+            loss: Tensor = self.distill(inputs, logits.float(), targets)
+            return loss
+        result: Tensor = self.criterion(logits.float(), targets)
+        return result
+
+    def _stop_everywhere(self) -> bool:
+        if not self.env.distributed:
+            return self.stop_requested
+        flag = all_reduce_sum([float(self.stop_requested)], self.device, self.env)[0]
+        return flag > 0
+
+    def _sync_buffers(self) -> None:
+        # DDP broadcasts rank 0's buffers (BatchNorm statistics) before each
+        # forward; do the same after the last one so every rank ends identical.
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            for buf in self.model.buffers():
+                dist.broadcast(buf, 0)
+
+    def _train_epoch(self) -> dict[str, Any]:
+        r = self.recipe
+        self.forward_model.train()
+        done = self.step_in_epoch
+        self._set_epoch(self.epoch, done)
+        remaining = min(self.steps_per_epoch - done, self.total_steps - self.global_step)
+        self.progress.epoch_start(self.epoch, done + remaining, done)
+        loss_sum, c1_sum, c5_sum, n_sum, secs = self._partial
+        t, k = self._update_ede()
+        lr = self.optimizer.param_groups[0]["lr"]
+        for i, (inputs, targets) in enumerate(self.train_loader):
+            if i >= remaining:
+                break
+            t0 = time.perf_counter()
+            if r.ede.per == "step":
+                t, k = self._update_ede()
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            lr = self.optimizer.param_groups[0]["lr"]
+            with _autocast(self.device, self.use_amp):
+                logits = self.forward_model(inputs)
+                loss = self._loss(inputs, logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if r.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.global_step += 1
+            self.step_in_epoch += 1
+            c1, c5 = correct_topk(logits.detach().float(), targets)
+            bs = len(targets)
+            loss_sum += float(loss.detach()) * bs
+            c1_sum, c5_sum, n_sum = c1_sum + c1, c5_sum + c5, n_sum + bs
+            dt = time.perf_counter() - t0
+            secs += dt
+            self._partial = [loss_sum, c1_sum, c5_sum, n_sum, secs]
+            self.progress.step(float(loss.detach()), 100.0 * c1 / bs,
+                               bs * self.env.world_size / max(dt, 1e-9))
+            if self.on_step is not None:
+                self.on_step(self)
+            if self._stop_everywhere():
+                self._sync_buffers()
+                self._save("last.pt")
+                raise TrainingInterrupted(
+                    f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
+                    f"last.pt saved in {self.out_dir}; continue with: irconvert binarize "
+                    f"{self.out_dir} --resume")
+        self._sync_buffers()
+        loss_sum, c1_sum, c5_sum, n_sum = all_reduce_sum(
+            [loss_sum, c1_sum, c5_sum, n_sum], self.device, self.env)
+        n = max(n_sum, 1.0)
+        return {"epoch": self.epoch, "train_loss": loss_sum / n,
+                "train_top1": 100.0 * c1_sum / n, "train_top5": 100.0 * c5_sum / n,
+                "lr": lr, "t": t, "k": k, "images_per_s": n / max(secs, 1e-9), "time": secs}
+
+    def run(self, *, resume: dict[str, Any] | None = None) -> FitResult:
+        """Train to the end of the recipe (from ``resume``'s state when given)."""
+        start = time.perf_counter()
+        if resume is not None:
+            self.load_state(resume)
+        elif self.env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_files()
+        self.progress.start(self.epochs, self.epoch)
+        try:
+            with _stop_signals(self):
+                while self.epoch < self.epochs and self.global_step < self.total_steps:
+                    row = self._train_epoch()
+                    last = (self.epoch + 1 >= self.epochs
+                            or self.global_step >= self.total_steps)
+                    if (self.epoch + 1) % self.recipe.eval_every == 0 or last:
+                        ev = evaluate(self.model, self.val_loader, self.device, env=self.env,
+                                      amp=self.use_amp, channels_last=self.channels_last)
+                        row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
+                    else:
+                        row.update(val_loss=None, val_top1=None, val_top5=None)
+                    self.history.append(row)
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    self._partial = [0.0, 0.0, 0.0, 0.0, 0.0]
+                    improved = row["val_top1"] is not None and row["val_top1"] > self.best_top1
+                    if improved:
+                        self.best_top1 = row["val_top1"]
+                    ckpt = self.checkpoint()
+                    self._save("last.pt", ckpt)
+                    if improved:
+                        self._save("best.pt", ckpt)
+                    if self.env.is_main:
+                        write_jsonl(self.out_dir / "metrics.jsonl", self.history)
+                        plot_curves(self.out_dir / "curves.png", self.history)
+                    self.progress.epoch_end(row)
+                    if self.stop_requested:  # arrived between the last step and here
+                        raise TrainingInterrupted(
+                            f"stopped after epoch {self.epoch}; last.pt saved in "
+                            f"{self.out_dir}; continue with: irconvert binarize "
+                            f"{self.out_dir} --resume")
+        finally:
+            self.progress.stop()
+        evaluated = [r for r in self.history if r.get("val_top1") is not None]
+        final: dict[str, Any] = evaluated[-1] if evaluated else {}
+        return FitResult(
+            run_dir=self.out_dir,
+            fp_top1=self.fp_result.top1 if self.fp_result else None,
+            fp_top5=self.fp_result.top5 if self.fp_result else None,
+            best_top1=self.best_top1, final=final, report=self.report.to_dict(),
+            wall_time=time.perf_counter() - start, epochs=self.epochs, history=self.history,
+        )
+
+
+def fit(model: nn.Module, data: DataBundle | str, recipe: TrainConfig,
+        out_dir: str | os.PathLike[str], *, resume: bool = False, arch: str | None = None,
+        source: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
+        replace_classifier: bool = False, quiet: bool = False, progress: Progress | None = None,
+        on_step: Callable[[Trainer], None] | None = None, download: bool = False,
+        evaluate_fp: bool = True) -> FitResult:
+    """Binarize ``model`` and fine-tune it on ``data`` as ``recipe`` says.
+
+    Args:
+        model: the full-precision model.
+        data: a :class:`DataBundle` or a data spec (``imagefolder:PATH``, ...).
+        recipe: the training recipe.
+        out_dir: the run directory.
+        resume: continue from ``out_dir/last.pt`` (``model`` must be the same
+            full-precision model the run started from).
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        TrainingInterrupted: stopped by a signal; ``last.pt`` holds the state.
+        DataError, ConfigError, LoadError: bad input.
+    """
+    out = Path(out_dir)
+    ckpt = None
+    if resume:
+        last = out / "last.pt"
+        if not last.is_file():
+            raise LoadError(f"{out}: no last.pt to resume from")
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    elif (out / "last.pt").exists():
+        raise ConfigError(f"{out}: already holds a run (last.pt); pass --resume to continue "
+                          "it or choose another --out")
+    if isinstance(data, str):
+        data = open_data(data, channels=model_channels(model), download=download)
+    trainer = Trainer(model, data, recipe, out, arch=arch, source=source, run_info=run_info,
+                      replace_classifier=replace_classifier, quiet=quiet, progress=progress,
+                      on_step=on_step, evaluate_fp=evaluate_fp and ckpt is None)
+    try:
+        return trainer.run(resume=ckpt)
+    finally:
+        cleanup(trainer.env)
+
+
+def binarize_and_train(source: str, data: str, recipe: TrainConfig,
+                       out_dir: str | os.PathLike[str], *, arch: str | None = None,
+                       num_classes: int | None = None, pretrained: bool = False,
+                       trust_pickle: bool = False, replace_classifier: bool = False,
+                       download: bool = False, **kwargs: Any) -> FitResult:
+    """Load ``source`` with :func:`irconvert.io.load_model`, then :func:`fit`."""
+    from irconvert.io import load_model
+
+    loaded = load_model(source, arch=arch, num_classes=num_classes, pretrained=pretrained,
+                        trust_pickle=trust_pickle)
+    model_arch = loaded.arch
+    run_info = {"model": source, "arch": arch or loaded.arch, "num_classes": num_classes,
+                "pretrained": pretrained, "trust_pickle": trust_pickle, "data": data,
+                "replace_classifier": replace_classifier, "download": download}
+    src = {"path": loaded.source, "sha256": loaded.sha256}
+    return fit(loaded.model, data, recipe, out_dir, arch=model_arch, source=src,
+               run_info=run_info, replace_classifier=replace_classifier, download=download,
+               **kwargs)
+
+
+def resume_run(run_dir: str | os.PathLike[str], *, overrides: TrainConfig | None = None,
+               **kwargs: Any) -> FitResult:
+    """Continue the run in ``run_dir`` from its ``config.yaml``, ``run.yaml`` and ``last.pt``."""
+    import yaml
+
+    run = Path(run_dir)
+    for name in ("config.yaml", "run.yaml", "last.pt"):
+        if not (run / name).is_file():
+            raise LoadError(f"{run}: not a run directory (no {name})")
+    recipe = overrides or load_recipe(run / "config.yaml")
+    info = yaml.safe_load((run / "run.yaml").read_text(encoding="utf-8")) or {}
+    if not info.get("model"):
+        raise LoadError(f"{run / 'run.yaml'}: no 'model' entry; resume through the Python API")
+    return binarize_and_train(
+        info["model"], info["data"], recipe, run, arch=info.get("arch"),
+        num_classes=info.get("num_classes"), pretrained=bool(info.get("pretrained")),
+        trust_pickle=bool(info.get("trust_pickle")),
+        replace_classifier=bool(info.get("replace_classifier")),
+        download=bool(info.get("download")), resume=True, **kwargs)
+
+
+def describe_binarize(config: BinarizeConfig) -> str:
+    return f"1W/{config.act_bits}A"

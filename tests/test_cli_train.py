@@ -1,0 +1,177 @@
+"""``irconvert binarize``, ``eval`` and ``demo`` as a user sees them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from irconvert.cli import app
+from irconvert.models import build_model
+from tests._train_helpers import make_imagefolder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("cli")
+    data = make_imagefolder(base / "data", train=8, val=4)
+    torch.manual_seed(0)
+    model = base / "digits.pt"
+    torch.save(build_model("digits_cnn", num_classes=4).state_dict(), model)
+    recipe = base / "tiny.yaml"
+    recipe.write_text(
+        "epochs: 1\nbatch_size: 8\nworkers: 0\ndevice: cpu\noptimizer: {lr: 0.05}\n"
+        "data: {mean: [0.5], std: [0.25], crop: 8, padding: 1}\n")
+    return {"base": base, "data": data, "model": model, "recipe": recipe}
+
+
+def _binarize(s: dict[str, Path], out: Path, *extra: str) -> Any:
+    return runner.invoke(app, ["binarize", str(s["model"]), "--arch", "digits_cnn",
+                               "--data", f"imagefolder:{s['data']}", "--recipe",
+                               str(s["recipe"]), "--out", str(out), "--quiet", *extra])
+
+
+def test_binarize_resume_and_eval(setup: dict[str, Path]) -> None:
+    out = setup["base"] / "run"
+    result = _binarize(setup, out, "--seed", "2")
+    assert result.exit_code == 0, result.output
+    assert "binary top-1 (1W/1A, best)" in result.output and "size after packing" in result.output
+    assert (out / "best.pt").is_file() and (out / "config.yaml").is_file()
+    assert "seed: 2" in (out / "config.yaml").read_text()  # the override is recorded
+
+    # continue the finished run for one more epoch: RUNDIR --resume with an override
+    result = runner.invoke(app, ["binarize", str(out), "--resume", "--epochs", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+
+    result = runner.invoke(app, ["eval", str(out), "--data", f"imagefolder:{setup['data']}",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["kind"] == "checkpoint" and report["images"] == 16
+    assert report["mean"] == [0.5]  # the run's normalisation is reused
+    result = runner.invoke(app, ["eval", str(out / "last.pt"), "--data", str(setup["data"])])
+    assert result.exit_code == 0 and "top-1" in result.output
+
+    # an export, run by irconvert.export.runtime (it records no normalisation)
+    from irconvert.export.api import export_checkpoint
+
+    export_checkpoint(out, "packed", setup["base"] / "model.irc")
+    result = runner.invoke(app, ["eval", str(setup["base"] / "model.irc"), "--data",
+                                 str(setup["data"]), "--mean", "0.5", "--std", "0.25", "--json"])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(result.output)
+    assert exported["kind"] == "exported" and exported["top1"] == report["top1"]
+
+    # an original model, through irconvert.io
+    result = runner.invoke(app, ["eval", str(setup["model"]), "--arch", "digits_cnn",
+                                 "--data", str(setup["data"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["kind"] == "original"
+
+
+def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
+    out = setup["base"] / "dry"
+    result = _binarize(setup, out, "--dry-run", "--lr", "0.3")
+    assert result.exit_code == 0, result.output
+    assert "binarize" in result.output and "lr: 0.3" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data", "imagefolder:/no/such/dir"], "data folder not found"),
+    (["--lr", "-1"], "field 'optimizer.lr' must be a positive number, got -1.0"),
+    (["--act-bits", "4"], "field 'binarize.act_bits' must be one of 1, 32, got 4"),
+])
+def test_one_line_errors(setup: dict[str, Path], args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["binarize", str(setup["model"]), "--arch", "digits_cnn",
+                                 "--data", f"imagefolder:{setup['data']}", "--out",
+                                 str(setup["base"] / "err"), "--quiet", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if "error" in line]) == 1
+
+
+def test_bad_recipe_field_is_one_line(setup: dict[str, Path]) -> None:
+    bad = setup["base"] / "bad.yaml"
+    bad.write_text("optimizer:\n  lr: abc\n")
+    result = runner.invoke(app, ["binarize", str(setup["model"]), "--data", str(setup["data"]),
+                                 "--recipe", str(bad), "--out", str(setup["base"] / "x")])
+    assert result.exit_code == 1
+    assert f"{bad}: field 'optimizer.lr' must be a positive number, got 'abc'" in " ".join(
+        result.output.split())
+
+
+def test_class_count_mismatch_and_replace(setup: dict[str, Path]) -> None:
+    model10 = setup["base"] / "digits10.pt"
+    torch.save(build_model("digits_cnn").state_dict(), model10)
+    args = ["binarize", str(model10), "--arch", "digits_cnn", "--data", str(setup["data"]),
+            "--recipe", str(setup["recipe"]), "--quiet"]
+    result = runner.invoke(app, [*args, "--out", str(setup["base"] / "m1")])
+    assert result.exit_code == 1
+    assert "10 outputs" in result.output and "--replace-classifier" in result.output
+    result = runner.invoke(app, [*args, "--out", str(setup["base"] / "m2"),
+                                 "--replace-classifier"])
+    assert result.exit_code == 0, result.output
+
+
+def test_run_dir_without_resume_and_missing_out(setup: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["binarize", str(setup["model"]), "--data", str(setup["data"])])
+    assert result.exit_code == 2 and "--out" in result.output
+    assert "internal error" not in result.output
+    run = setup["base"] / "run2"
+    assert _binarize(setup, run).exit_code == 0
+    result = runner.invoke(app, ["binarize", str(run), "--quiet"])
+    assert result.exit_code == 2 and "add --resume" in result.output
+    result = _binarize(setup, run)  # the same --out again
+    assert result.exit_code == 1 and "already holds a run" in result.output
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # The demo's model is tiny: on a busy 2-core box extra threads only contend.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_smoke(tmp_path: Path) -> None:
+    args = ["demo", "--epochs", "1", "--fp-epochs", "2", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "run"), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "full-precision top-1 (original): " in result.output
+    assert (tmp_path / "c" / "digits_cnn-fp-v3-e2.pt").is_file()
+    assert (tmp_path / "run" / "best.pt").is_file()
+    fp = float(result.output.split("full-precision top-1 (original): ")[1].split("%")[0])
+    binary = float(result.output.split("(1W/1A, best): ")[1].split("%")[0])
+    assert fp > 50.0 and binary > 30.0
+    result = runner.invoke(app, args)  # again: the float model comes from the cache
+    assert result.exit_code == 0 and "training the full-precision" not in result.output
+
+
+@pytest.mark.slow
+def test_demo_reaches_good_binary_accuracy(tmp_path: Path) -> None:
+    from irconvert.demo import run_demo
+
+    result = run_demo(tmp_path / "run", cache_dir=tmp_path / "c", quiet=True)
+    assert result.fp_top1 is not None and result.fp_top1 > 95.0
+    assert result.best_top1 > 95.0
+
+
+@pytest.mark.data
+def test_eval_shared_resnet20(resnet20_weights: Path, cifar10_root: Path) -> None:
+    result = runner.invoke(app, ["eval", str(resnet20_weights), "--data",
+                                 f"imagefolder:{cifar10_root}", "--limit", "500", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["images"] == 500 and report["top1"] > 85.0  # ImageNet normalisation
