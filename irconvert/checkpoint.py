@@ -71,7 +71,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LoadError(f"{p}: not a readable irconvert checkpoint ({type(exc).__name__})") from None
+        kind = type(exc).__name__
+        raise LoadError(f"{p}: not a readable irconvert checkpoint ({kind})") from None
     if not is_checkpoint(obj):
         raise LoadError(f"{p}: not an irconvert run checkpoint (no 'format' marker)")
     if obj.get("version", 0) > VERSION:

@@ -10,8 +10,20 @@ from rich.table import Table
 from irconvert.cli import app
 from irconvert.cli._common import console, human_bytes, print_json, user_errors
 from irconvert.cli.options import (
-    ActBits, Arch, BlockTransform, Exclude, Include, KeepClassifier, KeepDepthwise,
-    KeepDownsample, KeepGrouped, KeepStem, NumClasses, Pretrained, TrustPickle, binarize_config,
+    ActBits,
+    Arch,
+    BlockTransform,
+    Exclude,
+    Include,
+    KeepClassifier,
+    KeepDepthwise,
+    KeepDownsample,
+    KeepGrouped,
+    KeepStem,
+    NumClasses,
+    Pretrained,
+    TrustPickle,
+    binarize_config,
 )
 from irconvert.convert import ConversionReport, plan
 
@@ -70,6 +82,11 @@ def inspect(
     """
     from irconvert.io import load_model
 
+    if source.endswith(".irc"):  # an exported packed model: show its layers and sizes
+        from irconvert.cli.export_cmd import render_packed
+
+        render_packed(source)
+        return
     with user_errors():
         config = binarize_config(act_bits, include, exclude, keep_stem, keep_classifier,
                                  keep_downsample, keep_depthwise, keep_grouped, block_transform)

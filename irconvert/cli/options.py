@@ -21,7 +21,8 @@ TrustPickle = Annotated[bool, typer.Option(
 ActBits = Annotated[int, typer.Option(
     "--act-bits", help="1: binary activations (1W/1A); 32: weights only (1W/32A).")]
 Include = Annotated[list[str] | None, typer.Option(
-    "--include", help="Glob on dotted layer names; only matching layers are binarized. Repeatable.")]
+    "--include", help="Glob on dotted layer names; only matching layers are binarized, "
+    "past the --keep-* defaults. Repeatable.")]
 Exclude = Annotated[list[str] | None, typer.Option(
     "--exclude", help="Glob on dotted layer names to keep in full precision. Repeatable.")]
 KeepStem = Annotated[bool, typer.Option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -23,6 +24,7 @@ BUILTIN: dict[str, Callable[[int], nn.Module]] = {
 }
 # Short names that no torchvision model uses.
 ALIASES = {f"resnet{d}": f"cifar_resnet{d}" for d in (20, 32, 44, 56)}
+
 
 
 def builtin_names() -> list[str]:
@@ -66,7 +68,7 @@ def build_model(name: str, num_classes: int | None = None, pretrained: bool = Fa
         return BUILTIN[name](10 if num_classes is None else num_classes)
     if name in torchvision_names():
         return _build_torchvision(name, num_classes, pretrained)
-    options = builtin_names() + torchvision_names()
+    options = builtin_names() + list(ALIASES) + torchvision_names()
     raise UnknownArchitectureError(
         f"unknown architecture {name!r}{_closest(name, options)} "
         "(timm models take a 'timm:' prefix)"
@@ -103,7 +105,7 @@ def _build_timm(name: str, num_classes: int | None, pretrained: bool) -> nn.Modu
         raise UnknownArchitectureError(
             f"unknown timm architecture {name!r}{_closest(name, timm.list_models())}"
         )
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:

@@ -1,0 +1,181 @@
+"""Inference speed and size of a 1W/1A ResNet-18: fp32 vs binary ONNX vs OpenVINO binary IR.
+
+Builds a torchvision ResNet-18 with random weights (speed does not depend on
+their values) and randomized BatchNorm statistics, binarizes it with the
+default IR-Net config (stem, classifier and 1x1 downsample convolutions stay
+fp32; 1W/1A), exports it, and times on this CPU:
+
+- ``onnxruntime fp32``: the original float model in onnxruntime (default session);
+- ``onnxruntime binary``: the binary ONNX (float convolutions of +-1 values);
+- ``openvino fp32``: the original float model in OpenVINO (reference point);
+- ``openvino binary``: the OpenVINO IR with BinaryConvolution kernels;
+
+at batch 1 and 32, with 1 thread and all threads, input 224x224. Prints a
+markdown report (and writes it with ``--out``) for docs/benchmarks.md.
+
+Usage:
+    python benchmarks/inference.py [--runs 10] [--out docs/benchmarks-inference.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import irconvert
+from irconvert.export import export_onnx, export_openvino, save_packed
+from irconvert.export.bench import BenchRow, bench_predictor, model_bytes
+from irconvert.export.runtime import Predictor, load_predictor
+
+
+def randomize_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+def fp32_onnx(model: nn.Module, path: Path) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), str(path), dynamo=True,
+                          opset_version=18, input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+
+
+def ort_default(path: Path, threads: int) -> Predictor:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run(None, {"input": x})[0]
+        return out
+
+    return Predictor(path, "onnx", run, (3, 224, 224))
+
+
+def ov_fp32(path: Path, threads: int) -> Predictor:
+    import openvino as ov
+
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(compiled(x)[0])
+
+    return Predictor(path, "openvino", run, (3, 224, 224))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per setting")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0 = all")
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--workdir", type=Path, help="keep the exported files here")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    import torchvision
+
+    float_model = torchvision.models.resnet18()
+    randomize_bn(float_model)
+    float_model.eval()
+    binary = copy.deepcopy(float_model)
+    report = irconvert.binarize_(binary, irconvert.BinarizeConfig(), warn=False)
+    binary.eval()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="irconvert-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = {
+        "fp32 .pth": work / "resnet18.pth", "fp32 ONNX": work / "resnet18_fp32.onnx",
+        "binary ONNX": work / "resnet18_bin.onnx",
+        "binary ONNX (packed)": work / "resnet18_bin_packed.onnx",
+        "OpenVINO binary IR": work / "resnet18_bin_ov", ".irc": work / "resnet18.irc",
+    }
+    t0 = time.time()
+    torch.save(float_model.state_dict(), files["fp32 .pth"])
+    fp32_onnx(float_model, files["fp32 ONNX"])
+    export_onnx(binary, files["binary ONNX"], force=True)
+    export_onnx(binary, files["binary ONNX (packed)"], packed=True, force=True)
+    ov_res = export_openvino(binary, files["OpenVINO binary IR"], force=True)
+    save_packed(binary, files[".irc"], arch="resnet18", num_classes=1000,
+                config=irconvert.BinarizeConfig(), force=True)
+    print(f"exported in {time.time() - t0:.0f}s; OpenVINO: {ov_res.binary_convolutions} "
+          f"BinaryConvolution layers, fallbacks: {ov_res.fallback or 'none'}")
+    import openvino as ov
+
+    ov_float = work / "resnet18_fp32_ov.xml"
+    ov.save_model(ov.convert_model(str(files["fp32 ONNX"])), str(ov_float),
+                  compress_to_fp16=False)
+
+    engines = {
+        "onnxruntime fp32": lambda n: ort_default(files["fp32 ONNX"], n),
+        "onnxruntime binary": lambda n: load_predictor(files["binary ONNX"], threads=n),
+        "openvino fp32": lambda n: ov_fp32(ov_float, n),
+        "openvino binary": lambda n: load_predictor(files["OpenVINO binary IR"], threads=n),
+    }
+    rows: dict[tuple[str, int, int], BenchRow] = {}
+    for threads in args.threads:
+        for name, make in engines.items():
+            predict = make(threads)
+            for batch in args.batches:
+                row = bench_predictor(predict, batch, threads=threads, warmup=2,
+                                      runs=args.runs if batch == 1 else max(3, args.runs // 3))
+                rows[(name, batch, threads)] = row
+                print(f"{name:20s} batch {batch:3d} threads {threads or 'all':>3}: "
+                      f"{row.median_ms:9.2f} ms  {row.throughput:8.1f} img/s", flush=True)
+
+    lines = [
+        "## Inference speed: ResNet-18 1W/1A (224x224, CPU)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
+        f"({platform.system()}); torch {torch.__version__}, "
+        f"onnxruntime {__import__('onnxruntime').__version__}, openvino {ov.__version__}. "
+        f"Median of {args.runs} timed runs (batch 1) / {max(3, args.runs // 3)} (larger "
+        "batches) after 2 warm-up runs. Random weights; 16 of 21 convolutions binarized "
+        "(stem, 3 downsample 1x1 convs and the classifier stay fp32).",
+        "",
+        "| engine | batch | threads | latency ms | images/s | speed-up vs onnxruntime fp32 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (name, batch, threads), row in rows.items():
+        base = rows[("onnxruntime fp32", batch, threads)]
+        lines.append(f"| {name} | {batch} | {threads or 'all'} | {row.median_ms:.2f} | "
+                     f"{row.throughput:.1f} | {base.median_ms / row.median_ms:.2f}x |")
+    pth = model_bytes(files["fp32 .pth"])
+    lines += ["", "| file | bytes | vs fp32 .pth |", "|---|---:|---:|"]
+    for label, path in files.items():
+        size = model_bytes(path)
+        lines.append(f"| {label} | {size:,} | {pth / size:.1f}x smaller |")
+    lines += ["", f"Conversion report: {report.binarized_layers} binarized layers, "
+              f"{report.binarized_params:,} of {report.total_params:,} parameters."]
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

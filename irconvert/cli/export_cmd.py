@@ -1,0 +1,126 @@
+"""``irconvert export`` and ``irconvert bench``: deployable files and their speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from irconvert.cli import app
+from irconvert.cli._common import console, human_bytes, user_errors
+
+InputSize = Annotated[str | None, typer.Option(
+    "--input-size", help="C,H,W of one input for tracing, e.g. 3,32,32 "
+    "(default: the model's own, else 3,224,224).")]
+
+
+def _input_size(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected C,H,W integers, got {value!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise typer.BadParameter(f"expected three positive integers C,H,W, got {value!r}")
+    return dims
+
+
+@app.command()
+def export(
+    src: Annotated[Path, typer.Argument(
+        help="A trainer run checkpoint (.pt) or run directory (best.pt / last.pt).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output: a .irc file, an .onnx file, or an OpenVINO "
+        "directory (or .xml path).")],
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="packed (.irc, 1 bit per weight), onnx, or openvino.")
+    ] = "packed",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output.")] = False,
+    onnx_packed: Annotated[bool, typer.Option(
+        "--onnx-packed", help="ONNX: store binary weights as bits plus an unpacking "
+        "subgraph (about 10x smaller, same outputs).")] = False,
+    opset: Annotated[int | None, typer.Option(
+        "--opset", min=17, help="ONNX opset (default 18; 17 uses torch's legacy exporter).")
+    ] = None,
+    input_size: InputSize = None,
+) -> None:
+    """Write a trained binary model as a deployable file (packed .irc, ONNX or OpenVINO).
+
+    Nothing is left behind on failure; existing output needs --force.
+    """
+    from irconvert.export.api import export_checkpoint
+
+    size = _input_size(input_size)
+    with user_errors():
+        summary = export_checkpoint(src, fmt.lower(), out, force=force, onnx_packed=onnx_packed,
+                                    opset=opset, input_size=size)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("wrote", f"{summary.path} ({summary.format})")
+    grid.add_row("size", f"{human_bytes(summary.bytes)} ({summary.bytes:,} bytes)")
+    grid.add_row("binary layers", str(summary.binary_layers))
+    for key, value in summary.details.items():
+        grid.add_row(key, value)
+    console.print(grid)
+    for note in summary.notes:
+        console.print(f"[yellow]float fallback:[/] {note}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def bench(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Exported models: .irc, .onnx, or OpenVINO .xml / directory.")],
+    batch: Annotated[list[int] | None, typer.Option(
+        "--batch", "-b", min=1, help="Batch size; repeatable (default 1).")] = None,
+    threads: Annotated[list[int] | None, typer.Option(
+        "--threads", "-t", min=0, help="CPU threads, 0 = all cores; repeatable (default 0).")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per setting.")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
+    input_size: InputSize = None,
+) -> None:
+    """Median latency and throughput of exported models on this CPU."""
+    from irconvert.export.bench import bench as run_bench
+
+    size = _input_size(input_size)
+    with user_errors():
+        rows = run_bench(list(paths), batch or [1], threads or [0], warmup=warmup, runs=runs,
+                         input_size=size)
+    table = Table(title="inference benchmark (median of timed runs)", title_justify="left")
+    for col in ("model", "format", "size", "batch", "threads", "latency ms", "images/s"):
+        table.add_column(col, justify="right" if col not in ("model", "format") else "left")
+    for r in rows:
+        name = Path(r.path)
+        label = f"{name.parent.name}/{name.name}" if name.name == "model.xml" else name.name
+        table.add_row(label, r.format, human_bytes(r.bytes), str(r.batch),
+                      "all" if r.threads == 0 else str(r.threads), f"{r.median_ms:.2f}",
+                      f"{r.throughput:.1f}")
+    console.print(table)
+
+
+def render_packed(path: str) -> None:
+    """The ``irconvert inspect model.irc`` view: layers, shapes, bytes, size accounting."""
+    from irconvert.export.packed import describe_packed
+
+    with user_errors():
+        info = describe_packed(path)
+    table = Table(title=f"{path} ({info.arch}, {info.num_classes} classes, "
+                  f"format v{info.format_version})", title_justify="left")
+    for col in ("tensor", "dtype", "shape", "bytes"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
+    for row in info.tensors:
+        table.add_row(row.name, row.dtype, "x".join(map(str, row.shape)) or "scalar",
+                      f"{row.nbytes:,}")
+    console.print(table)
+    s = info.size
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("binary layers", str(len(info.layers)))
+    grid.add_row("weight bits", human_bytes(s.bits))
+    grid.add_row("scale exponents", human_bytes(s.exponents))
+    grid.add_row("full-precision tensors", human_bytes(s.floats))
+    grid.add_row("metadata", human_bytes(s.metadata))
+    grid.add_row("tensor index + padding", human_bytes(s.index))
+    grid.add_row("file", f"{human_bytes(s.actual)} ({s.overhead:.2%} above the minimum)")
+    console.print(grid)

@@ -1,0 +1,92 @@
+"""One call from a trainer checkpoint to a deployable file: ``export_checkpoint``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from irconvert.errors import ExportError
+
+__all__ = ["FORMATS", "ExportSummary", "export_checkpoint"]
+
+Format = Literal["packed", "onnx", "openvino"]
+FORMATS: tuple[str, ...] = ("packed", "onnx", "openvino")
+
+
+@dataclass
+class ExportSummary:
+    """What was written, for people (the CLI prints it)."""
+
+    format: str
+    path: Path
+    bytes: int
+    binary_layers: int
+    details: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def export_checkpoint(
+    src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
+    onnx_packed: bool = False, opset: int | None = None,
+    input_size: tuple[int, ...] | None = None,
+) -> ExportSummary:
+    """Export the model in a trainer run checkpoint (``.pt`` or run directory).
+
+    Args:
+        src: checkpoint file or run directory (``best.pt``/``last.pt``).
+        fmt: ``packed`` (``.irc``), ``onnx`` or ``openvino``.
+        out: output path (an OpenVINO directory or ``.xml`` for openvino).
+        force: overwrite existing output.
+        onnx_packed: ONNX only: store binary weights as bits + unpacking subgraph.
+        opset: ONNX opset (default 18).
+        input_size: ``(C, H, W)`` for tracing (onnx/openvino).
+
+    Raises:
+        ExportError, LoadError, ConversionError, MissingDependencyError: one-line reasons.
+    """
+    from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
+    from irconvert.config import BinarizeConfig
+    from irconvert.export.files import check_output
+    from irconvert.export.freeze import binary_layers, freeze
+    from irconvert.export.onnx_export import DEFAULT_OPSET
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "onnx" and (onnx_packed or opset is not None):
+        raise ExportError("--onnx-packed and --opset apply to --format onnx only")
+    target = Path(out)
+    check_output(target, force, directory=fmt == "openvino" and target.suffix != ".xml")
+    if fmt == "openvino":  # fail on a missing engine before the slow part
+        from irconvert.export.openvino_export import import_openvino
+
+        import_openvino()
+    ckpt = load_checkpoint(src)
+    model = model_from_checkpoint(ckpt)
+    frozen = freeze(model)
+    n_binary = len(binary_layers(frozen))
+    if fmt == "packed":
+        from irconvert.export.packed import save_packed
+
+        size = save_packed(frozen, target, arch=ckpt.get("arch"),
+                           num_classes=int(ckpt["num_classes"]),
+                           config=BinarizeConfig.from_dict(ckpt["binarize"]), force=force)
+        return ExportSummary(
+            "packed", target, size.actual, n_binary,
+            {"theoretical minimum": str(size.theoretical), "overhead": f"{size.overhead:.2%}"})
+    if fmt == "onnx":
+        from irconvert.export.onnx_export import export_onnx
+
+        res = export_onnx(frozen, target, packed=onnx_packed, opset=opset or DEFAULT_OPSET,
+                          input_size=input_size, force=force)
+        return ExportSummary("onnx", target, res.bytes, n_binary,
+                             {"opset": str(res.opset), "exporter": res.exporter,
+                              "weights": "packed bits" if onnx_packed else "float32"})
+    from irconvert.export.openvino_export import export_openvino
+
+    ov = export_openvino(frozen, target, input_size=input_size, force=force)
+    notes = [f"{name}: {why}" for name, why in ov.fallback.items()]
+    return ExportSummary("openvino", ov.xml, ov.bytes, n_binary,
+                         {"BinaryConvolution layers": str(ov.binary_convolutions),
+                          "float fallbacks": str(len(ov.fallback))}, notes)

@@ -1,0 +1,154 @@
+"""Run exported models: one predictor interface for ``.irc``, ONNX and OpenVINO IR.
+
+Example:
+    >>> predict = load_predictor("model.onnx")
+    >>> logits = predict(images)          # float32 NCHW numpy -> logits numpy
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irconvert.errors import LoadError, MissingDependencyError
+
+__all__ = ["Predictor", "detect_format", "load_predictor"]
+
+# ONNX Runtime folds BatchNorm/Mul/Add into a Conv's weights; on a binary conv
+# that turns an exact integer sum into a rounded one, so an activation that is
+# exactly 0 (sign +1) can come out as -1e-7 (sign -1). Keep them apart.
+ORT_DISABLED = ["ConvBNFusion", "ConvMulFusion", "ConvAddFusion"]
+
+
+class Predictor:
+    """A callable ``f(images) -> logits`` on numpy float32 arrays, batch first.
+
+    Attributes:
+        path: the exported file or directory.
+        format: ``packed``, ``onnx`` or ``openvino``.
+        input_size: ``(C, H, W)`` the model expects, when the file says so.
+    """
+
+    def __init__(self, path: Path, fmt: str, run: Callable[[np.ndarray], np.ndarray],
+                 input_size: tuple[int, ...] | None) -> None:
+        self.path, self.format, self._run, self.input_size = path, fmt, run, input_size
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._run(np.ascontiguousarray(images, dtype=np.float32))
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.path)!r}, format={self.format!r})"
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """``packed``, ``onnx`` or ``openvino`` from the path; LoadError otherwise."""
+    p = Path(path)
+    if (p.is_dir() and (p / "model.xml").is_file()) or p.suffix == ".xml":
+        return "openvino"
+    if p.suffix == ".onnx":
+        return "onnx"
+    if p.suffix == ".irc":
+        return "packed"
+    raise LoadError(f"{p}: not an exported model (.irc, .onnx, or an OpenVINO .xml/directory)")
+
+
+def load_predictor(path: str | os.PathLike[str], *, threads: int = 0) -> Predictor:
+    """Load an exported model as a predictor (numpy float32 NCHW in, logits out).
+
+    Args:
+        path: a ``.irc`` file, an ``.onnx`` file, or OpenVINO IR (``.xml`` or
+            a directory holding ``model.xml``).
+        threads: CPU threads for the engine; 0 lets it use every core.
+
+    Raises:
+        LoadError: missing or unrecognised file.
+        MissingDependencyError: the engine (onnxruntime, openvino) is not installed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LoadError(f"{p}: no such file or directory")
+    fmt = detect_format(p)
+    if fmt == "packed":
+        return _packed(p, threads)
+    if fmt == "onnx":
+        return _onnx(p, threads)
+    return _openvino(p / "model.xml" if p.is_dir() else p, threads)
+
+
+def _packed(path: Path, threads: int) -> Predictor:
+    import torch
+
+    from irconvert.export.packed import load_packed
+
+    model = load_packed(path)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                out: np.ndarray = model(torch.from_numpy(x)).numpy()
+        finally:
+            torch.set_num_threads(before)
+        return out
+
+    size = getattr(model, "irconvert_input_size", None)
+    return Predictor(path, "packed", run, tuple(size) if size else None)
+
+
+def _static_size(dims: list[Any]) -> tuple[int, ...] | None:
+    rest = dims[1:]
+    return tuple(int(d) for d in rest) if all(isinstance(d, int) for d in rest) else None
+
+
+def _onnx(path: Path, threads: int) -> Predictor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError(
+            "running ONNX models needs onnxruntime; pip install 'irconvert[onnxruntime]'"
+        ) from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=ORT_DISABLED)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise LoadError(f"{path}: onnxruntime cannot load it: {first}") from None
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run(None, {name: x})[0]
+        return out
+
+    return Predictor(path, "onnx", run, _static_size(list(session.get_inputs()[0].shape)))
+
+
+def _openvino(xml: Path, threads: int) -> Predictor:
+    from irconvert.export.openvino_export import compile_openvino, import_openvino
+
+    ov = import_openvino()
+    try:
+        model = ov.Core().read_model(str(xml))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise LoadError(f"{xml}: OpenVINO cannot read it: {first}") from None
+    compiled: dict[int, Any] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        batch = int(x.shape[0])
+        if batch not in compiled:  # BinaryConvolution needs a static batch
+            compiled[batch] = compile_openvino(model, batch, threads)
+        out: np.ndarray = compiled[batch](x)[0]
+        return np.asarray(out)
+
+    shape = model.input(0).get_partial_shape()
+    dims = [d.get_length() if d.is_static else None for d in shape]
+    return Predictor(xml, "openvino", run, _static_size(dims))

@@ -1,0 +1,112 @@
+"""``irconvert export`` / ``bench`` / ``inspect x.irc``: what a user sees."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import irconvert
+from irconvert.checkpoint import atomic_save, model_from_checkpoint, new_checkpoint
+from irconvert.cli import app
+from irconvert.export.runtime import load_predictor
+from irconvert.models import build_model
+from tests.test_export_packed import binarized
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = binarized("cifar_resnet20", 10)
+    out = tmp_path_factory.mktemp("run")
+    atomic_save(new_checkpoint(model, arch="cifar_resnet20", num_classes=10,
+                               config=irconvert.BinarizeConfig(), epoch=3), out / "best.pt")
+    return out
+
+
+def one_line_error(result: object, needle: str) -> None:
+    assert result.exit_code == 1, result.output  # type: ignore[attr-defined]
+    err = result.stderr.strip()  # type: ignore[attr-defined]
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err, err
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+
+
+def test_help() -> None:
+    for cmd in ("export", "bench"):
+        result = runner.invoke(app, [cmd, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_export_packed_and_inspect(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.irc"
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "binary layers" in result.output and "overhead" in result.output
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = model_from_checkpoint(run_dir)(x).numpy()
+    assert np.abs(load_predictor(out)(x.numpy()) - ref).max() <= 1e-5
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "layer1.0.conv1.weight (bits)" in result.output and "above the minimum" in result.output
+
+    before = out.read_bytes()
+    one_line_error(runner.invoke(app, ["export", str(run_dir / "best.pt"), "-o", str(out)]),
+                   "already exists")
+    assert out.read_bytes() == before
+    result = runner.invoke(app, ["export", str(run_dir / "best.pt"), "-o", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+
+
+def test_export_onnx_and_bench(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", str(run_dir), "-f", "onnx", "-o", str(out),
+                                 "--onnx-packed", "--opset", "17"])
+    assert result.exit_code == 0, result.output
+    assert "opset" in result.output and "packed bits" in result.output
+    irc = tmp_path / "m.irc"
+    assert runner.invoke(app, ["export", str(run_dir), "-o", str(irc)]).exit_code == 0
+    result = runner.invoke(app, ["bench", str(out), str(irc), "--batch", "1", "--batch", "2",
+                                 "--threads", "1", "--runs", "2", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "images/s" in result.output and result.output.count("onnx") >= 2
+
+
+@pytest.mark.openvino
+@pytest.mark.slow
+def test_export_openvino(run_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    result = runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o",
+                                 str(tmp_path / "ov")])
+    assert result.exit_code == 0, result.output
+    assert "BinaryConvolution layers  18" in result.output
+    assert (tmp_path / "ov" / "model.xml").is_file()
+
+
+def test_errors(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "x.irc"
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-f", "tflite", "-o", str(out)]),
+                   "unknown format")
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-o", str(out), "--onnx-packed"]),
+                   "--format onnx only")
+    one_line_error(runner.invoke(app, ["export", str(tmp_path / "nope"), "-o", str(out)]),
+                   "no such file")
+    # a checkpoint whose model has no binarized layer
+    cfg = irconvert.BinarizeConfig(exclude=("*",))
+    float_model = build_model("cifar_resnet20")
+    atomic_save(new_checkpoint(float_model, arch="cifar_resnet20", num_classes=10, config=cfg),
+                tmp_path / "float.pt")
+    one_line_error(runner.invoke(app, ["export", str(tmp_path / "float.pt"), "-o", str(out)]),
+                   "nothing to binarize")
+    # the optional engine is missing
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o",
+                                       str(tmp_path / "ov")]), "pip install")
+    one_line_error(runner.invoke(app, ["bench", str(tmp_path / "none.onnx")]), "no such file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.pt"]  # nothing partial
