@@ -3,6 +3,8 @@
 from irconvert.config import BinarizeConfig, EDEConfig
 from irconvert.convert import ConversionReport, binarize, binarize_, plan, unbinarize_
 from irconvert.errors import IRConvertError
+from irconvert.export import freeze
+from irconvert.export import load_packed as load
 from irconvert.functional import ede_schedule
 from irconvert.nn import IRConv2d, IRLinear, set_ede
 
@@ -19,6 +21,8 @@ __all__ = [
     "binarize",
     "binarize_",
     "ede_schedule",
+    "freeze",
+    "load",
     "plan",
     "set_ede",
     "unbinarize_",

@@ -61,15 +61,16 @@ def test_binarize_resume_and_eval(setup: dict[str, Path]) -> None:
     result = runner.invoke(app, ["eval", str(out / "last.pt"), "--data", str(setup["data"])])
     assert result.exit_code == 0 and "top-1" in result.output
 
-    # an export, run by irconvert.export.runtime (it records no normalisation)
+    # an export, run by irconvert.export.runtime: it records the run's normalisation
     from irconvert.export.api import export_checkpoint
 
     export_checkpoint(out, "packed", setup["base"] / "model.irc")
     result = runner.invoke(app, ["eval", str(setup["base"] / "model.irc"), "--data",
-                                 str(setup["data"]), "--mean", "0.5", "--std", "0.25", "--json"])
+                                 str(setup["data"]), "--json"])
     assert result.exit_code == 0, result.output
-    exported = json.loads(result.output)
+    exported = json.loads(result.stdout)
     assert exported["kind"] == "exported" and exported["top1"] == report["top1"]
+    assert exported["mean"] == [0.5] and exported["notes"] == []
 
     # an original model, through irconvert.io
     result = runner.invoke(app, ["eval", str(setup["model"]), "--arch", "digits_cnn",

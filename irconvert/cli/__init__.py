@@ -38,19 +38,8 @@ def _root(
     set_debug(debug)
 
 
-def _register() -> None:
-    # Imported for their side effect: each module adds its commands to ``app``.
-    import importlib
-
-    for name in ("inspect_cmd", "train_cmd", "export_cmd"):
-        try:
-            importlib.import_module(f"irconvert.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"irconvert.cli.{name}":
-                raise
-
-
-_register()
+# Imported for their side effect: each module adds its commands to ``app``.
+from irconvert.cli import inspect_cmd, train_cmd, export_cmd  # noqa: E402, F401, I001
 
 
 def main() -> None:

@@ -123,4 +123,10 @@ def render_packed(path: str) -> None:
     grid.add_row("metadata", human_bytes(s.metadata))
     grid.add_row("tensor index + padding", human_bytes(s.index))
     grid.add_row("file", f"{human_bytes(s.actual)} ({s.overhead:.2%} above the minimum)")
+    pre = info.preprocessing or {}
+    norm = pre.get("normalization")
+    grid.add_row("normalization", f"mean {norm['mean']} std {norm['std']}" if norm
+                 else "not recorded")
+    if pre.get("input_size"):
+        grid.add_row("input size", "x".join(map(str, pre["input_size"])))
     console.print(grid)

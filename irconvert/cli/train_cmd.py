@@ -78,6 +78,23 @@ def _run_training(call: Any, quiet: bool) -> None:
         render_summary(result, quiet)
 
 
+def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}``, values read as YAML scalars or lists."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise typer.BadParameter(f"{item!r}: the value is not valid YAML",
+                                     param_hint="--set") from None
+    return out
+
+
 def _is_main() -> bool:
     import os
 
@@ -113,6 +130,9 @@ def binarize(
         "--workers", help="Override workers (DataLoader processes).")] = None,
     amp: Annotated[str | None, typer.Option(
         "--amp", help="Override amp: none, bf16, fp16 (CUDA only).")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override any recipe field: --set distill.alpha=0.5 --set "
+        "data.gpu_cache=true (values parsed as YAML). Repeatable.")] = None,
     replace_classifier: Annotated[bool, typer.Option(
         "--replace-classifier", help="Train a new classifier when the model's class count "
         "differs from the data's.")] = False,
@@ -137,7 +157,7 @@ def binarize(
 
     overrides = {"epochs": epochs, "steps": steps, "optimizer.lr": lr, "batch_size": batch_size,
                  "binarize.act_bits": act_bits, "device": device, "seed": seed,
-                 "workers": workers, "amp": amp}
+                 "workers": workers, "amp": amp, **_parse_sets(sets)}
     run_dir_given = _is_run_dir(model)
     if run_dir_given and not resume:
         raise typer.BadParameter(f"{model} is a run directory; add --resume to continue it",
@@ -217,6 +237,8 @@ def eval_cmd(
         result = evaluate_source(path, data, split=split, batch_size=batch_size, device=device,
                                  workers=workers, arch=arch, num_classes=num_classes,
                                  trust_pickle=trust_pickle, mean=m, std=s, limit=limit)
+    for note in result.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(result)
         return

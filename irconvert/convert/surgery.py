@@ -57,11 +57,12 @@ def _transform_blocks(model: nn.Module, config: BinarizeConfig) -> list[str]:
 
 def _build_report(
     model: nn.Module, config: BinarizeConfig, decisions: dict[str, Decision], blocks: list[str],
+    probe: bool = True,
 ) -> ConversionReport:
     modules = dict(model.named_modules())
     chosen = {n for n, d in decisions.items() if d.binarize}
     flagged: set[str] = set()
-    if config.binary_activations:
+    if probe and config.binary_activations:
         flagged = nonnegative_inputs(model, chosen) or set()
     rows = []
     for name, decision in decisions.items():
@@ -97,7 +98,7 @@ def plan(
 
 def binarize_(
     model: nn.Module, config: BinarizeConfig | None = None,
-    layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True,
+    layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True, probe: bool | None = None,
 ) -> ConversionReport:
     """Binarize ``model`` in place: chosen conv/linear layers become IR-Net layers.
 
@@ -112,6 +113,9 @@ def binarize_(
         layer_map: float type -> IR-Net type; extend it for custom layers.
         warn: emit a ``UserWarning`` for each 1W/1A layer whose inputs are
             all non-negative.
+        probe: run the forward pass that finds such layers (their rows in the
+            report carry a ``warning``); defaults to ``warn``. Rebuilding a
+            saved model passes ``warn=False`` and skips it.
 
     Returns:
         The :class:`ConversionReport` of what was done.

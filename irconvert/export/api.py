@@ -43,6 +43,10 @@ def export_checkpoint(
         opset: ONNX opset (default 18).
         input_size: ``(C, H, W)`` for tracing (onnx/openvino).
 
+    Every format records the checkpoint's input preprocessing (normalisation,
+    when the checkpoint has it; the input size; the eval resize/crop), so
+    ``irconvert eval`` of the file needs no ``--mean``/``--std``.
+
     Raises:
         ExportError, LoadError, ConversionError, MissingDependencyError: one-line reasons.
     """
@@ -50,6 +54,7 @@ def export_checkpoint(
     from irconvert.config import BinarizeConfig
     from irconvert.export.files import check_output
     from irconvert.export.freeze import binary_layers, freeze
+    from irconvert.export.meta import metadata_from_checkpoint
     from irconvert.export.onnx_export import DEFAULT_OPSET
 
     if fmt not in FORMATS:
@@ -65,13 +70,16 @@ def export_checkpoint(
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt)
     frozen = freeze(model)
+    size_in = input_size or getattr(model, "irconvert_input_size", None)
+    metadata = metadata_from_checkpoint(ckpt, size_in)
     n_binary = len(binary_layers(frozen))
     if fmt == "packed":
         from irconvert.export.packed import save_packed
 
         size = save_packed(frozen, target, arch=ckpt.get("arch"),
                            num_classes=int(ckpt["num_classes"]),
-                           config=BinarizeConfig.from_dict(ckpt["binarize"]), force=force)
+                           config=BinarizeConfig.from_dict(ckpt["binarize"]), force=force,
+                           metadata=metadata)
         return ExportSummary(
             "packed", target, size.actual, n_binary,
             {"theoretical minimum": str(size.theoretical), "overhead": f"{size.overhead:.2%}"})
@@ -79,13 +87,13 @@ def export_checkpoint(
         from irconvert.export.onnx_export import export_onnx
 
         res = export_onnx(frozen, target, packed=onnx_packed, opset=opset or DEFAULT_OPSET,
-                          input_size=input_size, force=force)
+                          input_size=input_size, force=force, metadata=metadata)
         return ExportSummary("onnx", target, res.bytes, n_binary,
                              {"opset": str(res.opset), "exporter": res.exporter,
                               "weights": "packed bits" if onnx_packed else "float32"})
     from irconvert.export.openvino_export import export_openvino
 
-    ov = export_openvino(frozen, target, input_size=input_size, force=force)
+    ov = export_openvino(frozen, target, input_size=input_size, force=force, metadata=metadata)
     notes = [f"{name}: {why}" for name, why in ov.fallback.items()]
     return ExportSummary("openvino", ov.xml, ov.bytes, n_binary,
                          {"BinaryConvolution layers": str(ov.binary_convolutions),

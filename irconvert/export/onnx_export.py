@@ -18,6 +18,10 @@ Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), the
 supported path in torch >= 2.9, producing opset 18+. Opset 17 is produced by
 the legacy TorchScript exporter (``dynamo=False``, deprecated by torch),
 because onnx's version converter cannot lower the dynamo graph's ReduceMean.
+
+The input preprocessing (normalisation, input size, eval resize/crop), when
+given, is recorded as JSON in the model's ``metadata_props`` under
+``irconvert.preprocessing`` (see :mod:`irconvert.export.meta`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +41,7 @@ from torch import nn
 from irconvert.errors import ExportError, MissingDependencyError
 from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import FrozenBinaryLayer, binary_layers, freeze
+from irconvert.export.meta import ONNX_KEY, check_metadata, encode_metadata
 
 __all__ = ["DEFAULT_OPSET", "OnnxExport", "example_input", "export_onnx", "to_onnx_bytes"]
 
@@ -95,19 +101,23 @@ def _reason(exc: BaseException) -> str:
 
 def to_onnx_bytes(
     model: nn.Module, *, packed: bool = False, opset: int = DEFAULT_OPSET,
-    input_size: tuple[int, ...] | None = None,
+    input_size: tuple[int, ...] | None = None, metadata: dict[str, Any] | None = None,
 ) -> tuple[bytes, str]:
     """Trace the frozen ``model`` to a serialized ONNX model; returns (bytes, exporter).
 
+    ``metadata`` (input preprocessing, :mod:`irconvert.export.meta`) is stored
+    in the model's ``metadata_props``.
+
     Raises:
-        ExportError: no binarized layer, an opset below 17, or a model the
-            exporter cannot express in ONNX.
+        ExportError: no binarized layer, an opset below 17, bad metadata, or a
+            model the exporter cannot express in ONNX.
         MissingDependencyError: onnxscript (needed by the exporter) is missing.
     """
     import onnx
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
+    preprocessing = check_metadata(metadata)
     frozen = _prepare(model, packed)
     x = example_input(frozen, input_size)
     dynamo = opset >= DEFAULT_OPSET
@@ -152,6 +162,12 @@ def to_onnx_bytes(
     for node in proto.graph.node:  # per-node stack traces: most of a small model's bytes
         del node.metadata_props[:]
         node.doc_string = ""
+    for prop in list(proto.metadata_props):
+        if prop.key == ONNX_KEY:
+            proto.metadata_props.remove(prop)
+    if preprocessing:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ONNX_KEY, encode_metadata(preprocessing)
     onnx.checker.check_model(proto)
     return proto.SerializeToString(), "dynamo" if dynamo else "torchscript"
 
@@ -159,6 +175,7 @@ def to_onnx_bytes(
 def export_onnx(
     model: nn.Module, path: str | os.PathLike[str], *, packed: bool = False,
     opset: int = DEFAULT_OPSET, input_size: tuple[int, ...] | None = None, force: bool = False,
+    metadata: dict[str, Any] | None = None,
 ) -> OnnxExport:
     """Export a binarized model to an ONNX file that passes ``onnx.checker``.
 
@@ -170,12 +187,16 @@ def export_onnx(
         input_size: ``(C, H, W)`` of one input; the model's
             ``irconvert_input_size`` or ``(3, 224, 224)`` when None.
         force: overwrite an existing file.
+        metadata: the input preprocessing to record (``normalization``,
+            ``input_size``, ``eval_resize``, ``eval_crop``; see
+            :mod:`irconvert.export.meta`) in ``metadata_props``; None records none.
 
     Raises:
         ExportError: see :func:`to_onnx_bytes`; or the output exists without ``force``.
     """
     out = check_output(path, force)
-    data, exporter = to_onnx_bytes(model, packed=packed, opset=opset, input_size=input_size)
+    data, exporter = to_onnx_bytes(model, packed=packed, opset=opset, input_size=input_size,
+                                   metadata=metadata)
     with atomic_file(out) as tmp:
         tmp.write_bytes(data)
     return OnnxExport(path=out, opset=opset, packed=packed, exporter=exporter, bytes=len(data),

@@ -35,6 +35,10 @@ linear layers stay float MatMuls of ``sign(x)``.
 
 The IR keeps a dynamic batch axis; the CPU plugin's BinaryConvolution needs
 static shapes, so :func:`compile_openvino` reshapes to a concrete batch first.
+
+The input preprocessing (normalisation, input size, eval resize/crop), when
+given, is recorded as JSON in the model's ``rt_info`` under
+``irconvert/preprocessing`` (see :mod:`irconvert.export.meta`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from torch import nn
 from irconvert.errors import ExportError, MissingDependencyError
 from irconvert.export.files import atomic_dir, atomic_file, check_output
 from irconvert.export.freeze import FrozenBinaryConv2d, binary_layers, freeze
+from irconvert.export.meta import OPENVINO_PATH, check_metadata, encode_metadata
 from irconvert.export.onnx_export import DEFAULT_OPSET, to_onnx_bytes
 
 __all__ = [
@@ -203,6 +208,7 @@ def _has_ir(model: nn.Module) -> bool:
 def export_openvino(
     model: nn.Module, path: str | os.PathLike[str], *,
     input_size: tuple[int, ...] | None = None, force: bool = False,
+    metadata: dict[str, Any] | None = None,
 ) -> OpenVinoExport:
     """Write OpenVINO IR for a binarized model.
 
@@ -213,18 +219,24 @@ def export_openvino(
         input_size: ``(C, H, W)``; the model's ``irconvert_input_size`` or
             ``(3, 224, 224)`` when None.
         force: overwrite existing output.
+        metadata: the input preprocessing to record (``normalization``,
+            ``input_size``, ``eval_resize``, ``eval_crop``; see
+            :mod:`irconvert.export.meta`) in ``rt_info``; None records none.
 
     Raises:
         MissingDependencyError: openvino is not installed.
-        ExportError: see :func:`to_openvino_model`; or the output exists.
+        ExportError: see :func:`to_openvino_model`; bad metadata; or the output exists.
     """
     ov = import_openvino()
+    preprocessing = check_metadata(metadata)
     target = Path(path)
     as_xml = target.suffix == ".xml"
     check_output(target, force, directory=not as_xml)
     if as_xml:
         check_output(target.with_suffix(".bin"), force)
     ov_model, count, fallback = to_openvino_model(model, input_size=input_size)
+    if preprocessing:
+        ov_model.set_rt_info(encode_metadata(preprocessing), list(OPENVINO_PATH))
     if as_xml:
         xml, binf = target, target.with_suffix(".bin")
         with atomic_file(binf) as tmp_bin, atomic_file(xml) as tmp_xml:

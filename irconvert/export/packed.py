@@ -26,7 +26,9 @@ Metadata (the safetensors header's ``__metadata__``, all values strings):
 ``num_classes``, ``binarize`` (BinarizeConfig dict as JSON), ``layers`` (JSON:
 binary layer name -> kind, constructor arguments and weight ``shape``, in
 blob order), ``params`` (JSON list of ``[state_dict key, shape]`` in blob
-order), ``bit_order`` (``little``), ``irconvert_version``.
+order), ``bit_order`` (``little``), ``irconvert_version``, and, when
+known, ``preprocessing`` (JSON: the input normalisation, input size and eval
+resize/crop the model was trained with; see :mod:`irconvert.export.meta`).
 
 Loading rebuilds the model by architecture name (``build_model`` +
 ``binarize_`` with the stored config), swaps each binary layer for a frozen
@@ -58,6 +60,7 @@ from irconvert.export.freeze import (
     layer_from_config,
     scales_of,
 )
+from irconvert.export.meta import IRC_KEY, check_metadata, decode_metadata, encode_metadata
 
 __all__ = [
     "FORMAT",
@@ -132,10 +135,12 @@ class PackedInfo:
     layers: dict[str, dict[str, Any]]
     tensors: list[TensorRow] = field(default_factory=list)
     size: PackedSize = field(default_factory=PackedSize)
+    preprocessing: dict[str, Any] | None = None
 
 
 def _tensors_and_meta(
     frozen: nn.Module, arch: str, num_classes: int, config: BinarizeConfig,
+    preprocessing: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     layers = binary_layers(frozen)
     owned = {f"{n}.{k}" for n in layers for k in ("sign", "scale")}
@@ -169,6 +174,8 @@ def _tensors_and_meta(
         "layers": _compact(records), "params": _compact(params),
         "bit_order": BIT_ORDER, "irconvert_version": __version__,
     }
+    if preprocessing:
+        meta[IRC_KEY] = encode_metadata(preprocessing)
     return tensors, meta
 
 
@@ -178,7 +185,7 @@ def _compact(obj: Any) -> str:
 
 def save_packed(
     model: nn.Module, path: str | os.PathLike[str], *, arch: str | None, num_classes: int,
-    config: BinarizeConfig, force: bool = False,
+    config: BinarizeConfig, force: bool = False, metadata: dict[str, Any] | None = None,
 ) -> PackedSize:
     """Write a binarized (or frozen) model as a packed ``.irc`` file.
 
@@ -189,12 +196,16 @@ def save_packed(
         num_classes: classifier size.
         config: the BinarizeConfig the model was converted with.
         force: overwrite an existing file.
+        metadata: the input preprocessing to record (``normalization``,
+            ``input_size``, ``eval_resize``, ``eval_crop``; see
+            :mod:`irconvert.export.meta`); None records none.
 
     Returns:
         The file's :class:`PackedSize`.
 
     Raises:
-        ExportError: no architecture name, no binarized layer, or the output exists.
+        ExportError: no architecture name, no binarized layer, bad metadata,
+            or the output exists.
     """
     from safetensors.torch import save_file
 
@@ -202,8 +213,9 @@ def save_packed(
     if not arch:
         raise ExportError("the packed format rebuilds the model by architecture name, "
                           "and this model has none; export to onnx or openvino instead")
+    preprocessing = check_metadata(metadata)
     frozen = model if binary_layers(model) and not _has_ir(model) else freeze(model)
-    tensors, meta = _tensors_and_meta(frozen, arch, num_classes, config)
+    tensors, meta = _tensors_and_meta(frozen, arch, num_classes, config, preprocessing)
     with atomic_file(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return describe_packed(out).size
@@ -252,7 +264,7 @@ def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
         params: list[list[Any]] = json.loads(meta["params"])
         info = PackedInfo(path=str(p), arch=meta["arch"], num_classes=int(meta["num_classes"]),
                           format_version=version, binarize=json.loads(meta["binarize"]),
-                          layers=layers)
+                          layers=layers, preprocessing=decode_metadata(meta.get(IRC_KEY), p))
     except (KeyError, ValueError) as exc:
         raise LoadError(f"{p}: damaged packed-model metadata ({exc})") from None
     size = info.size

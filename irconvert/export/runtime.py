@@ -31,11 +31,25 @@ class Predictor:
         path: the exported file or directory.
         format: ``packed``, ``onnx`` or ``openvino``.
         input_size: ``(C, H, W)`` the model expects, when the file says so.
+        preprocessing: the input preprocessing the file recorded at export
+            (``normalization``, ``input_size``, ``eval_resize``, ``eval_crop``;
+            see :mod:`irconvert.export.meta`), or None.
+        normalization: ``{"mean": [...], "std": [...]}`` the model was trained
+            with, when the file records it (None for files without it).
     """
 
     def __init__(self, path: Path, fmt: str, run: Callable[[np.ndarray], np.ndarray],
-                 input_size: tuple[int, ...] | None) -> None:
-        self.path, self.format, self._run, self.input_size = path, fmt, run, input_size
+                 input_size: tuple[int, ...] | None,
+                 preprocessing: dict[str, Any] | None = None) -> None:
+        self.path, self.format, self._run = path, fmt, run
+        self.preprocessing = preprocessing
+        recorded = (preprocessing or {}).get("input_size")
+        self.input_size = input_size or (tuple(recorded) if recorded else None)
+
+    @property
+    def normalization(self) -> dict[str, list[float]] | None:
+        norm: dict[str, list[float]] | None = (self.preprocessing or {}).get("normalization")
+        return norm
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._run(np.ascontiguousarray(images, dtype=np.float32))
@@ -82,9 +96,10 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0) -> Predict
 def _packed(path: Path, threads: int) -> Predictor:
     import torch
 
-    from irconvert.export.packed import load_packed
+    from irconvert.export.packed import describe_packed, load_packed
 
     model = load_packed(path)
+    preprocessing = describe_packed(path).preprocessing
 
     def run(x: np.ndarray) -> np.ndarray:
         before = torch.get_num_threads()
@@ -98,7 +113,7 @@ def _packed(path: Path, threads: int) -> Predictor:
         return out
 
     size = getattr(model, "irconvert_input_size", None)
-    return Predictor(path, "packed", run, tuple(size) if size else None)
+    return Predictor(path, "packed", run, tuple(size) if size else None, preprocessing)
 
 
 def _static_size(dims: list[Any]) -> tuple[int, ...] | None:
@@ -123,12 +138,17 @@ def _onnx(path: Path, threads: int) -> Predictor:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise LoadError(f"{path}: onnxruntime cannot load it: {first}") from None
     name = session.get_inputs()[0].name
+    from irconvert.export.meta import ONNX_KEY, decode_metadata
+
+    props = session.get_modelmeta().custom_metadata_map
+    preprocessing = decode_metadata(props.get(ONNX_KEY), path)
 
     def run(x: np.ndarray) -> np.ndarray:
         out: np.ndarray = session.run(None, {name: x})[0]
         return out
 
-    return Predictor(path, "onnx", run, _static_size(list(session.get_inputs()[0].shape)))
+    return Predictor(path, "onnx", run, _static_size(list(session.get_inputs()[0].shape)),
+                     preprocessing)
 
 
 def _openvino(xml: Path, threads: int) -> Predictor:
@@ -149,6 +169,10 @@ def _openvino(xml: Path, threads: int) -> Predictor:
         out: np.ndarray = compiled[batch](x)[0]
         return np.asarray(out)
 
+    from irconvert.export.meta import OPENVINO_PATH, decode_metadata
+
+    where = list(OPENVINO_PATH)
+    text = str(model.get_rt_info(where).astype(str)) if model.has_rt_info(where) else None
     shape = model.input(0).get_partial_shape()
     dims = [d.get_length() if d.is_static else None for d in shape]
-    return Predictor(xml, "openvino", run, _static_size(dims))
+    return Predictor(xml, "openvino", run, _static_size(dims), decode_metadata(text, xml))

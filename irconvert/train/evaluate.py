@@ -92,8 +92,11 @@ def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: in
     :func:`irconvert.checkpoint.model_from_checkpoint`), an ``.irc``/``.onnx``/
     OpenVINO export (run with :func:`irconvert.export.runtime.load_predictor`),
     or anything :func:`irconvert.io.load_model` takes. Normalisation: ``mean``/
-    ``std`` when given, else what the run checkpoint recorded, else the
-    model's own (ImageNet statistics by default).
+    ``std`` when given, else what the run checkpoint or the exported file
+    recorded, else the model's own (ImageNet statistics by default; for an
+    export without recorded normalisation the result's ``notes`` say so).
+    The eval resize/crop likewise come from the checkpoint's recipe or the
+    export's recorded preprocessing.
 
     Raises:
         LoadError, DataError, ConfigError: bad input.
@@ -122,6 +125,7 @@ def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: in
     norm: dict[str, Any] | None = None
     data_cfg = DataConfig()
     kind = "original"
+    notes: list[str] = []
     if _is_exported(p):
         from irconvert.export.runtime import load_predictor
 
@@ -131,9 +135,25 @@ def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: in
         def fn(x: Tensor) -> Tensor:
             return torch.from_numpy(np.asarray(predictor(x.cpu().numpy()))).to(x.device)
 
-        # An export does not record its preprocessing: --mean/--std say it
-        # (and how many channels), else ImageNet RGB.
-        channels = len(mean) if mean is not None else 3
+        # Exports record the preprocessing of the checkpoint they came from;
+        # --mean/--std override it (and say how many channels).
+        recorded = predictor.preprocessing or {}
+        norm = predictor.normalization
+        resize = {k: recorded[k] for k in ("eval_resize", "eval_crop") if recorded.get(k)}
+        if resize:
+            data_cfg = DataConfig.from_dict(resize)
+        if mean is not None:
+            channels = len(mean)
+        elif norm:
+            channels = len(norm["mean"])
+        elif predictor.input_size and len(predictor.input_size) == 3:
+            channels = int(predictor.input_size[0])
+        else:
+            channels = 3
+        if norm is None and (mean is None or std is None):
+            notes.append(f"{path} records no input normalisation (exported by an older "
+                         "irconvert or from a checkpoint without one); using ImageNet "
+                         "mean/std, pass --mean/--std if the model was trained otherwise")
     else:
         ckpt = None
         if p.is_dir() or (p.is_file() and p.suffix == ".pt"):
@@ -182,4 +202,4 @@ def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: in
                          seed=0, workers=workers, pin_memory=dev.type == "cuda")
     result = evaluate_fn(fn, loader, dev)
     return {"path": str(path), "kind": kind, "data": bundle.name, "split": bundle.val_split,
-            **result.to_dict(), "mean": list(m), "std": list(s)}
+            **result.to_dict(), "mean": list(m), "std": list(s), "notes": notes}

@@ -254,7 +254,7 @@ class Trainer:
         if evaluate_fp:  # every rank takes part (the sums are all-reduced)
             self.fp_result = evaluate(model, self.val_loader, self.device, env=self.env)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if recipe.distill else None
-        self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False)
+        self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False, probe=True)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         self.model = model
@@ -486,6 +486,9 @@ class Trainer:
         elif self.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._write_run_files()
+        if resume is None:
+            for line in self.report.warnings:
+                self.progress.log(f"warning: {line}")
         self.progress.start(self.epochs, self.epoch)
         try:
             with _stop_signals(self):

@@ -1,0 +1,63 @@
+"""What a user sees of the CLI as a whole: help everywhere, docs in sync, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from irconvert.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["inspect", "binarize", "eval", "demo", "export", "bench"]
+runner = CliRunner()
+
+
+def test_every_command_is_registered() -> None:
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
+    assert sorted(names) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_is_documented(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    assert f"## `irconvert {command}`" in (REPO / "docs" / "cli.md").read_text()
+
+
+def test_cli_reference_is_fresh() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "cli_docs.py"), "--check"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    proc = subprocess.run([sys.executable, "-m", "irconvert", "--version"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("irconvert ")
+
+
+@pytest.mark.parametrize("args", [
+    ["inspect", "no/such/file.pth"],
+    ["inspect", "not_an_architecture_name"],
+    ["inspect", "cifar_resnet20", "--act-bits", "3"],
+    ["export", "no/such/run", "--format", "packed", "--out", "x.irc"],
+    ["eval", "no/such/run/best.pt", "--data", "imagefolder:no/such/dir"],
+])
+def test_user_errors_are_one_line(args: list[str], tmp_path: Path) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = runner.invoke(app, ["--debug", "inspect", "no/such/file.pth"])
+    assert result.exit_code != 0
+    assert result.exception is not None

@@ -1,0 +1,51 @@
+"""Write docs/cli.md from the CLI itself, so the reference cannot drift.
+
+    python tools/cli_docs.py          # rewrite docs/cli.md
+    python tools/cli_docs.py --check  # exit 1 if docs/cli.md is stale
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import typer.main
+from typer.cli import get_docs_for_click
+
+from irconvert.cli import app
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+INTRO = """
+Generated from the command line by `python tools/cli_docs.py`; a test fails
+when it is stale. Every command prints one line and exits non-zero on an error
+a user can cause (exit 1; 2 for internal errors); `--debug` shows the
+traceback. `irconvert COMMAND --help` prints the same text.
+"""
+
+
+def render() -> str:
+    command = typer.main.get_command(app)
+    ctx = click.Context(command, info_name="irconvert")
+    docs = get_docs_for_click(obj=command, ctx=ctx, name="irconvert",
+                              title="irconvert CLI reference")
+    head, _, rest = docs.partition("\n\n")
+    return f"{head}\n{INTRO}\n{rest}".rstrip() + "\n"
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv:
+        current = DOC.read_text() if DOC.exists() else ""
+        if current != text:
+            print("docs/cli.md is stale: run python tools/cli_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    tmp = DOC.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(DOC)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
