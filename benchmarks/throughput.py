@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,23 +29,10 @@ from torch import nn
 import irconvert
 from irconvert.models import cifar_resnet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine
+
 MODES: dict[str, Literal[1, 32] | None] = {"fp32": None, "1w32a": 32, "1w1a": 1}
-
-
-def machine(device: torch.device) -> str:
-    """CPU model (and GPU name) in words, for the results table."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} threads"
-    if device.type == "cuda":
-        text = f"{torch.cuda.get_device_name(device)} (host: {text})"
-    return text
 
 
 def build(mode: str, depth: int, device: torch.device) -> nn.Module:

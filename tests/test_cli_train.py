@@ -176,3 +176,20 @@ def test_eval_shared_resnet20(resnet20_weights: Path, cifar10_root: Path) -> Non
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["images"] == 500 and report["top1"] > 85.0  # ImageNet normalisation
+
+
+def test_set_overrides_any_recipe_field(setup: dict[str, Path]) -> None:
+    out = setup["base"] / "run-set"
+    result = _binarize(setup, out, "--set", "distill.alpha=0.25", "--set",
+                       "bn_recalibration=1", "--set", "data.flip=false")
+    assert result.exit_code == 0, result.output
+    config = (out / "config.yaml").read_text()
+    assert "alpha: 0.25" in config and "bn_recalibration: 1" in config
+    assert "flip: false" in config
+
+
+@pytest.mark.parametrize("value", ["nonsense", "distill.alpha=7", "no_such_field=1"])
+def test_bad_set_is_one_line(setup: dict[str, Path], value: str) -> None:
+    result = _binarize(setup, setup["base"] / "run-bad-set", "--set", value)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output

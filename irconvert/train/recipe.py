@@ -321,6 +321,8 @@ class TrainConfig(_Section):
         workers: DataLoader worker processes.
         label_smoothing: cross-entropy label smoothing.
         eval_every: evaluate every N epochs (and always after the last).
+        bn_recalibration: before fine-tuning, re-estimate BatchNorm statistics
+            of the converted model over this many training batches (0: off).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
     """
 
@@ -341,6 +343,7 @@ class TrainConfig(_Section):
     workers: int = _nonneg(default=2)
     label_smoothing: float = field(default=0.0, metadata={_CHECK: "unit_open"})
     eval_every: int = _pos(default=1)
+    bn_recalibration: int = _nonneg(default=0)
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -418,6 +418,19 @@ class Trainer:
             for buf in self.model.buffers():
                 dist.broadcast(buf, 0)
 
+    def _recalibrate_bn(self) -> None:
+        steps = self.recipe.bn_recalibration
+        if steps <= 0:
+            return
+        from irconvert.train.bn import recalibrate_bn
+
+        self._set_epoch(0, 0)
+        with _autocast(self.device, self.use_amp):
+            used = recalibrate_bn(self.model, self.train_loader, steps, self.device)
+        self._sync_buffers()
+        if used:
+            self.progress.log(f"BatchNorm statistics re-estimated on {used} training batches")
+
     def _train_epoch(self) -> dict[str, Any]:
         r = self.recipe
         self.forward_model.train()
@@ -489,6 +502,7 @@ class Trainer:
         if resume is None:
             for line in self.report.warnings:
                 self.progress.log(f"warning: {line}")
+            self._recalibrate_bn()
         self.progress.start(self.epochs, self.epoch)
         try:
             with _stop_signals(self):
