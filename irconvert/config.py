@@ -64,6 +64,8 @@ class BinarizeConfig:
         keep_downsample: keep 1x1 convolutions of residual shortcuts.
         keep_depthwise: keep depthwise convolutions (groups == in_channels).
         keep_grouped: keep other grouped convolutions (1 < groups < in_channels).
+        keep_se: keep the layers of squeeze-and-excitation gates (their input
+            is a pooled ReLU output: every activation bit would be +1).
         block_transform: rewrite recognised residual blocks for binarization
             (Hardtanh instead of ReLU, a shortcut around every binarized conv).
             ``"auto"`` does it for 1W/1A only.
@@ -77,6 +79,7 @@ class BinarizeConfig:
     keep_downsample: bool = True
     keep_depthwise: bool = True
     keep_grouped: bool = True
+    keep_se: bool = True
     block_transform: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
@@ -93,7 +96,7 @@ class BinarizeConfig:
                 raise ConfigError(f"{name} must be a list of glob patterns, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         for name in ("keep_stem", "keep_classifier", "keep_downsample",
-                     "keep_depthwise", "keep_grouped"):
+                     "keep_depthwise", "keep_grouped", "keep_se"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.block_transform not in ("auto", "on", "off"):

@@ -94,7 +94,7 @@ def test_dict_round_trip(cfg: BinarizeConfig | EDEConfig) -> None:
 def test_binarize_config_dict_has_every_field() -> None:
     assert set(BinarizeConfig().to_dict()) == {
         "act_bits", "include", "exclude", "keep_stem", "keep_classifier", "keep_downsample",
-        "keep_depthwise", "keep_grouped", "block_transform",
+        "keep_depthwise", "keep_grouped", "keep_se", "block_transform",
     }
 
 

@@ -60,13 +60,14 @@ PANEL = [
     Arch("resnet18", _tv("resnet18"), 16, "conv1", "fc", {"downsample shortcut": 3}),
     # 16 bottlenecks x 3 convs; layer1's stride-1 downsample also kept (by name)
     Arch("resnet50", _tv("resnet50"), 48, "conv1", "fc", {"downsample shortcut": 4}),
-    # 11 blocks: 10 expand 1x1 (block 1 has none), 11 project 1x1, 9 SE x 2 convs,
-    # last 1x1 conv (features.12), classifier.0 Linear; 11 depthwise kept
-    Arch("mobilenet_v3_small", _tv("mobilenet_v3_small"), 41, "features.0.0", "classifier.3",
-         {"depthwise": 11}),
-    # 16 MBConv: 15 expand (stage 1 has none), 16 project, 16 SE x 2, head 1x1 conv
-    Arch("efficientnet_b0", _tv("efficientnet_b0"), 64, "features.0.0", "classifier.1",
-         {"depthwise": 16}),
+    # 11 blocks: 10 expand 1x1 (block 1 has none), 11 project 1x1, last 1x1 conv
+    # (features.12), classifier.0 Linear; 11 depthwise and 9 SE x 2 convs kept
+    Arch("mobilenet_v3_small", _tv("mobilenet_v3_small"), 23, "features.0.0", "classifier.3",
+         {"depthwise": 11, "squeeze-excite gate": 18}),
+    # 16 MBConv: 15 expand (stage 1 has none), 16 project, head 1x1 conv;
+    # 16 depthwise and 16 SE x 2 convs kept
+    Arch("efficientnet_b0", _tv("efficientnet_b0"), 32, "features.0.0", "classifier.1",
+         {"depthwise": 16, "squeeze-excite gate": 32}),
     # 8 convs minus the stem, plus 2 of the 3 classifier Linears
     Arch("vgg11_bn", _vgg11_bn, 9, "features.0", "classifier.6"),
     # 58 dense layers x (1x1 + 3x3), 3 transition 1x1 convs (stride 1, not shortcuts)
@@ -79,12 +80,14 @@ PANEL = [
     # 12 blocks x (mlp.fc1 + mlp.fc2), 3 stage downsample 2x2 convs; 12 conv_dw kept
     Arch("timm_convnext_atto", _timm("convnext_atto"), 27, "stem.0", "head.fc",
          {"depthwise": 12}),
-    # ds block: SE x2 + conv_pw; 10 ir blocks x (pw + pwl); 8 SE x 2; cn 1x1; conv_head
-    Arch("timm_mobilenetv3_small_100", _timm("mobilenetv3_small_100"), 41, "conv_stem",
-         "classifier", {"depthwise": 11}),
-    # ds block: SE x2 + conv_pw; 15 ir blocks x (pw + pwl + SE x 2); conv_head
-    Arch("timm_efficientnet_b0", _timm("efficientnet_b0"), 64, "conv_stem", "classifier",
-         {"depthwise": 16}),
+    # ds block: conv_pw; 10 ir blocks x (pw + pwl); cn 1x1; conv_head;
+    # 11 depthwise and 9 SE x 2 convs kept
+    Arch("timm_mobilenetv3_small_100", _timm("mobilenetv3_small_100"), 23, "conv_stem",
+         "classifier", {"depthwise": 11, "squeeze-excite gate": 18}),
+    # ds block: conv_pw; 15 ir blocks x (pw + pwl); conv_head;
+    # 16 depthwise and 16 SE x 2 convs kept
+    Arch("timm_efficientnet_b0", _timm("efficientnet_b0"), 32, "conv_stem", "classifier",
+         {"depthwise": 16, "squeeze-excite gate": 32}),
     # 12 blocks x (qkv, proj, fc1, fc2)
     Arch("timm_vit_tiny", _timm("vit_tiny_patch16_224", img_size=SIZE), 48,
          "patch_embed.proj", "head"),
@@ -447,3 +450,15 @@ def test_layer_used_twice_is_swapped_everywhere() -> None:
     assert model[2].weight is shared.weight
     assert unbinarize_(model) == 1
     assert type(model[2]) is nn.Conv2d and model[4] is model[2]
+
+
+def test_squeeze_excite_gates_stay_fp32_by_default() -> None:
+    import torchvision
+
+    model = torchvision.models.mobilenet_v3_small()
+    rows = {r.name: r for r in irconvert.plan(model, BinarizeConfig(act_bits=32)).rows}
+    se = [n for n in rows if ".block.2.fc" in n]  # SqueezeExcitation.fc1 / fc2
+    assert se and all(rows[n].reason == "squeeze-excite gate" for n in se)
+    rows = {r.name: r for r in irconvert.plan(
+        model, BinarizeConfig(act_bits=32, keep_se=False)).rows}
+    assert all(rows[n].binarize for n in se)

@@ -19,6 +19,7 @@ from irconvert.cli.options import (
     KeepDepthwise,
     KeepDownsample,
     KeepGrouped,
+    KeepSE,
     KeepStem,
     NumClasses,
     Pretrained,
@@ -73,6 +74,7 @@ def inspect(
     keep_downsample: KeepDownsample = True,
     keep_depthwise: KeepDepthwise = True,
     keep_grouped: KeepGrouped = True,
+    keep_se: KeepSE = True,
     block_transform: BlockTransform = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -89,7 +91,8 @@ def inspect(
         return
     with user_errors():
         config = binarize_config(act_bits, include, exclude, keep_stem, keep_classifier,
-                                 keep_downsample, keep_depthwise, keep_grouped, block_transform)
+                                 keep_downsample, keep_depthwise, keep_grouped, block_transform,
+                                 keep_se)
         loaded = load_model(source, arch=arch, num_classes=num_classes, pretrained=pretrained,
                             trust_pickle=trust_pickle)
         report = plan(loaded.model, config)

@@ -35,6 +35,8 @@ KeepDepthwise = Annotated[bool, typer.Option(
     "--keep-depthwise/--binarize-depthwise", help="Keep depthwise convolutions in fp32.")]
 KeepGrouped = Annotated[bool, typer.Option(
     "--keep-grouped/--binarize-grouped", help="Keep grouped convolutions in fp32.")]
+KeepSE = Annotated[bool, typer.Option(
+    "--keep-se/--binarize-se", help="Keep squeeze-and-excitation gate layers in fp32.")]
 BlockTransform = Annotated[str, typer.Option(
     "--block-transform", help="Rewrite residual blocks for 1W/1A (Hardtanh, a shortcut "
     "around every binarized conv): auto (1W/1A only), on, off.")]
@@ -43,7 +45,7 @@ BlockTransform = Annotated[str, typer.Option(
 def binarize_config(
     act_bits: int, include: list[str] | None, exclude: list[str] | None, keep_stem: bool,
     keep_classifier: bool, keep_downsample: bool, keep_depthwise: bool, keep_grouped: bool,
-    block_transform: str,
+    block_transform: str, keep_se: bool = True,
 ) -> BinarizeConfig:
     """A validated config from command-line values (raises ``ConfigError``)."""
     return BinarizeConfig(
@@ -51,5 +53,6 @@ def binarize_config(
         include=tuple(include or ()), exclude=tuple(exclude or ()),
         keep_stem=keep_stem, keep_classifier=keep_classifier,
         keep_downsample=keep_downsample, keep_depthwise=keep_depthwise,
-        keep_grouped=keep_grouped, block_transform=block_transform,  # type: ignore[arg-type]
+        keep_grouped=keep_grouped, keep_se=keep_se,
+        block_transform=block_transform,  # type: ignore[arg-type]
     )

@@ -10,6 +10,7 @@ other models they are found structurally (first conv, last linear).
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -99,6 +100,16 @@ def _is_shortcut(name: str, module: nn.Module) -> bool:
     return bool(words & _SHORTCUT_WORDS) or max(module.stride) > 1  # type: ignore[type-var]
 
 
+# Class names of squeeze-and-excitation gates in torchvision (SqueezeExcitation),
+# timm (SqueezeExcite, SEModule, EffectiveSEModule, ...) and common user code.
+_SE_CLASS = re.compile(r"squeeze.?excit|^(effective)?se(module|layer|block)?$", re.IGNORECASE)
+
+
+def _se_prefixes(model: nn.Module) -> tuple[str, ...]:
+    return tuple(f"{name}." for name, m in model.named_modules()
+                 if name and _SE_CLASS.search(type(m).__name__))
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -108,6 +119,7 @@ def decide(
 ) -> dict[str, Decision]:
     """A :class:`Decision` for every conv/linear layer of ``model``, in module order."""
     stem, head = find_stem(model), find_classifier(model)
+    se = _se_prefixes(model)
     out: dict[str, Decision] = {}
     for name, module in model.named_modules():
         if isinstance(module, IRLayer):
@@ -115,13 +127,14 @@ def decide(
             continue
         if not is_candidate(module, layer_map):
             continue
-        out[name] = _decide_one(name, module, config, layer_map, stem, head)
+        out[name] = _decide_one(name, module, config, layer_map, stem, head,
+                                name.startswith(se) if se else False)
     return out
 
 
 def _decide_one(
     name: str, module: nn.Module, config: BinarizeConfig, layer_map: LayerMap,
-    stem: set[str], head: set[str],
+    stem: set[str], head: set[str], in_se: bool = False,
 ) -> Decision:
     if _matches(name, config.exclude):
         return Decision(False, "excluded by pattern")
@@ -147,6 +160,8 @@ def _decide_one(
         return Decision(False, "one weight per output channel")
     if forced:
         return Decision(True, "included by pattern")
+    if config.keep_se and in_se:
+        return Decision(False, "squeeze-excite gate")
     if config.keep_downsample and _is_shortcut(name, module):
         return Decision(False, "downsample shortcut")
     groups = getattr(module, "groups", 1)

@@ -21,8 +21,8 @@ from irconvert.nn import IRLayer
 __all__ = ["BlockTransform", "binarize", "binarize_", "plan", "unbinarize_"]
 
 RELU_WARNING = (
-    "input is always >= 0 (it follows a ReLU), so every activation bit is +1; "
-    "use the block transforms (block_transform='on') or 1W/32A"
+    "input is always >= 0 (a ReLU-like output), so every activation bit is +1; "
+    "rewrite the block (block_transform, for ResNet blocks), exclude the layer, or use 1W/32A"
 )
 
 # A block transform rewrites residual blocks in place and returns the names of

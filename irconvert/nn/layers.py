@@ -59,6 +59,17 @@ class IRLayer:
             state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
 
 
+def _adopt(new: nn.Module, old: nn.Module, ede: bool) -> None:
+    """Make ``new`` (built on the meta device) hold ``old``'s tensors, not copies."""
+    weight: Tensor = old.weight  # type: ignore[assignment]
+    new.weight = weight
+    new.bias = old.bias
+    if ede:  # fresh EDE state where the weights live
+        new.ede_t = torch.ones((), device=weight.device)
+        new.ede_k = torch.ones((), device=weight.device)
+    new.train(old.training)
+
+
 def _ir_extra_repr(base: str, layer: IRLayer) -> str:
     return f"{base}, act_bits={layer.act_bits}"
 
@@ -86,11 +97,7 @@ class IRConv2d(IRLayer, nn.Conv2d):
             groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
             binary_act=binary_act, device="meta",
         )
-        new.weight = conv.weight
-        new.bias = conv.bias
-        new.ede_t = torch.ones((), device=conv.weight.device)
-        new.ede_k = torch.ones((), device=conv.weight.device)
-        new.train(conv.training)
+        _adopt(new, conv, ede=True)
         return new
 
     def to_float(self) -> nn.Conv2d:
@@ -101,9 +108,7 @@ class IRConv2d(IRLayer, nn.Conv2d):
             groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
             device="meta",
         )
-        conv.weight = self.weight
-        conv.bias = self.bias
-        conv.train(self.training)
+        _adopt(conv, self, ede=False)
         return conv
 
     def forward(self, x: Tensor) -> Tensor:
@@ -132,20 +137,14 @@ class IRLinear(IRLayer, nn.Linear):
         """A binarized copy of ``linear`` that shares its weight and bias tensors."""
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                   binary_act=binary_act, device="meta")
-        new.weight = linear.weight
-        new.bias = linear.bias
-        new.ede_t = torch.ones((), device=linear.weight.device)
-        new.ede_k = torch.ones((), device=linear.weight.device)
-        new.train(linear.training)
+        _adopt(new, linear, ede=True)
         return new
 
     def to_float(self) -> nn.Linear:
         """The plain ``Linear`` holding the latent weights (shared, not copied)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device="meta")
-        linear.weight = self.weight
-        linear.bias = self.bias
-        linear.train(self.training)
+        _adopt(linear, self, ede=False)
         return linear
 
     def forward(self, x: Tensor) -> Tensor:
