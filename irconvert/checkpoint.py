@@ -20,13 +20,13 @@ block transforms change no keys, so they replay exactly.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from irconvert.atomic import atomic_file
 from irconvert.config import BinarizeConfig
 from irconvert.convert import binarize_
 from irconvert.errors import LoadError
@@ -40,16 +40,8 @@ VERSION = 1
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def is_checkpoint(obj: Any) -> bool:

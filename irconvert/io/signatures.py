@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from irconvert.atomic import write_text
 from irconvert.models.registry import BUILTIN, torchvision_names
 
 __all__ = [
@@ -237,11 +237,7 @@ def _read_cache(path: Path) -> dict[str, list[Any] | None]:
 def _write_cache(path: Path, data: Mapping[str, list[Any] | None]) -> None:
     # A read-only or full home must not stop recognition: the cache only saves time.
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data))
 
 
 def _cfg_keys(value: Any) -> list[str]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from irconvert.atomic import write_bytes
 
 __all__ = ["correct_topk", "plot_curves", "write_jsonl"]
 
@@ -22,21 +22,9 @@ def correct_topk(logits: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) ->
     return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Rewrite the whole log atomically (it is small), one JSON object a line."""
-    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def plot_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -72,4 +60,4 @@ def plot_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

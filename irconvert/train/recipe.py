@@ -416,21 +416,11 @@ def _loader() -> Any:
 
 def save_recipe(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write ``config`` as YAML, atomically."""
-    import tempfile
-
     import yaml
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from irconvert.atomic import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

@@ -389,11 +389,10 @@ class Trainer:
             return
         import yaml
 
-        save_recipe(self.recipe, self.out_dir / "config.yaml")
-        from irconvert.train.metrics import _atomic_write
+        from irconvert.atomic import write_text
 
-        _atomic_write(self.out_dir / "run.yaml",
-                      yaml.safe_dump(self.run_info, sort_keys=False).encode())
+        save_recipe(self.recipe, self.out_dir / "config.yaml")
+        write_text(self.out_dir / "run.yaml", yaml.safe_dump(self.run_info, sort_keys=False))
 
     # -- the loop -----------------------------------------------------------------
     def _loss(self, inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
