@@ -61,3 +61,18 @@ def test_debug_shows_the_traceback() -> None:
     result = runner.invoke(app, ["--debug", "inspect", "no/such/file.pth"])
     assert result.exit_code != 0
     assert result.exception is not None
+
+
+@pytest.mark.parametrize("args", [
+    ["binarize", "model.pth"],                       # a required option missing
+    ["inspect"],                                     # a required argument missing
+    ["inspect", "cifar_resnet20", "--act-bits", "x"],  # a value of the wrong type
+    ["no-such-command"],
+])
+def test_usage_errors_are_one_line_from_the_console_script(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "irconvert", *args],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stdout == ""
