@@ -82,7 +82,8 @@ def export_checkpoint(
                            metadata=metadata)
         return ExportSummary(
             "packed", target, size.actual, n_binary,
-            {"theoretical minimum": f"{size.theoretical:,} bytes", "overhead": f"{size.overhead:.2%}"})
+            {"theoretical minimum": f"{size.theoretical:,} bytes",
+             "overhead": f"{size.overhead:.2%}"})
     if fmt == "onnx":
         from irconvert.export.onnx_export import export_onnx
 
