@@ -117,11 +117,7 @@ def _build_timm(name: str, num_classes: int | None, pretrained: bool) -> nn.Modu
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:
-    from irconvert.convert.select import find_classifier
+    from irconvert.convert.heads import model_outputs, replace_classifier_
 
-    for name in find_classifier(model):
-        old = model.get_submodule(name)
-        if isinstance(old, nn.Linear) and old.out_features != num_classes:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, nn.Linear(old.in_features, num_classes))
+    if model_outputs(model) != num_classes:
+        replace_classifier_(model, num_classes)

@@ -107,6 +107,7 @@ def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: in
     from torch.utils.data import Subset
 
     from irconvert.checkpoint import is_checkpoint, load_checkpoint, model_from_checkpoint
+    from irconvert.convert.heads import model_channels, model_outputs
     from irconvert.data.datasets import open_data
     from irconvert.data.loaders import (
         AugmentedDataset,
@@ -116,7 +117,7 @@ def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: in
     )
     from irconvert.errors import DataError
     from irconvert.train.recipe import DataConfig
-    from irconvert.train.trainer import model_channels, model_outputs, resolve_device
+    from irconvert.train.trainer import resolve_device
 
     dev = resolve_device(device)
     p = Path(path)

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import math
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -24,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from irconvert.checkpoint import atomic_save, new_checkpoint
 from irconvert.config import BinarizeConfig
-from irconvert.convert import ConversionReport, binarize_, find_classifier
+from irconvert.convert import ConversionReport, binarize_
+from irconvert.convert.heads import model_channels, model_outputs, replace_classifier_
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.data.loaders import (
     AugmentedDataset,
@@ -49,6 +48,7 @@ from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.optim import build_optimizer, lr_factor_fn
 from irconvert.train.progress import Progress, make_progress
 from irconvert.train.recipe import TrainConfig, load_recipe, save_recipe
+from irconvert.train.rng import get_rng_state, plain_rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "FitResult",
@@ -94,80 +94,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"field 'device' is {name!r} but CUDA is not available here")
     return device
-
-
-def model_outputs(model: nn.Module) -> int | None:
-    """Size of the classifier's output, when there is a recognisable one."""
-    for name in sorted(find_classifier(model)):
-        layer = model.get_submodule(name)
-        for attr in ("out_features", "out_channels"):
-            if isinstance(getattr(layer, attr, None), int):
-                return int(getattr(layer, attr))
-    return None
-
-
-def model_channels(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return int(module.in_channels)
-    return 3
-
-
-def replace_classifier_(model: nn.Module, num_classes: int) -> list[str]:
-    """Give ``model`` a freshly initialised classifier with ``num_classes`` outputs."""
-    changed = []
-    for name in sorted(find_classifier(model)):
-        old = model.get_submodule(name)
-        new: nn.Module
-        if isinstance(old, nn.Linear):
-            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-        elif isinstance(old, nn.Conv2d):
-            new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size,  # type: ignore[arg-type]
-                            old.stride, old.padding,  # type: ignore[arg-type]
-                            bias=old.bias is not None)
-        else:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-        changed.append(name)
-    if not changed:
-        raise LoadError("--replace-classifier: no linear or conv classifier found in the model")
-    return changed
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": list(np.random.get_state()),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _np_rng_plain(state: dict[str, Any]) -> dict[str, Any]:
-    # weights_only loading accepts tensors, not numpy arrays
-    np_state = list(state["numpy"])
-    np_state[1] = torch.from_numpy(np.asarray(np_state[1]).astype(np.int64))
-    return {**state, "numpy": np_state}
 
 
 @contextlib.contextmanager
@@ -246,7 +172,7 @@ class Trainer:
             replace_classifier_(model, data.num_classes)
         self.channels = model_channels(model)
         self.mean, self.std = resolve_normalization(recipe.data, model, self.channels)
-        _seed_everything(recipe.seed)
+        seed_everything(recipe.seed)
         self._build_loaders()
 
         self.fp_result: EvalResult | None = None
@@ -348,7 +274,7 @@ class Trainer:
             config=self.recipe.binarize, source=self.source,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-            step=self.global_step, rng=_np_rng_plain(_rng_state()),
+            step=self.global_step, rng=plain_rng_state(get_rng_state()),
             recipe=self.recipe.to_dict(), metrics={"best_top1": self.best_top1, "fp": fp},
             history=self.history, partial=list(self._partial),
             report=self.report.to_dict(), normalization={"mean": list(self.mean),
@@ -378,7 +304,7 @@ class Trainer:
         self.fp_result = EvalResult(**fp) if fp else None
         self.history = list(ckpt.get("history", []))
         self._partial = [float(v) for v in ckpt.get("partial", [0, 0, 0, 0, 0])]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
     def _save(self, name: str, ckpt: dict[str, Any] | None = None) -> None:
         if self.env.is_main:
