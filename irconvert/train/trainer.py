@@ -524,8 +524,14 @@ def binarize_and_train(source: str, data: str, recipe: TrainConfig,
                        trust_pickle: bool = False, replace_classifier: bool = False,
                        download: bool = False, **kwargs: Any) -> FitResult:
     """Load ``source`` with :func:`irconvert.io.load_model`, then :func:`fit`."""
+    from irconvert.data.datasets import parse_data_spec
     from irconvert.io import load_model
 
+    # Check the cheap thing first: a typo in --data must not wait for a
+    # model download or an architecture search.
+    spec = parse_data_spec(data)
+    if spec.kind != "digits" and not download and not spec.root.exists():
+        raise DataError(f"{spec.root}: data folder not found")
     loaded = load_model(source, arch=arch, num_classes=num_classes, pretrained=pretrained,
                         trust_pickle=trust_pickle)
     model_arch = loaded.arch
