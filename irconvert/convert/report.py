@@ -15,8 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from irconvert.nn import IRLayer
-
 __all__ = ["ConversionReport", "LayerRow", "model_sizes"]
 
 _IGNORED_BUFFERS = ("num_batches_tracked", "ede_t", "ede_k")
@@ -96,6 +94,3 @@ def model_sizes(model: nn.Module, binarized: set[str]) -> tuple[int, int, int, i
             packed += math.ceil(tensor.numel() / 8) + tensor.shape[0]
     return total, n_bin, fp32_bytes, packed
 
-
-def is_binarized(module: nn.Module) -> bool:
-    return isinstance(module, IRLayer)

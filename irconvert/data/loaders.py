@@ -29,6 +29,7 @@ __all__ = [
     "GPUCachedLoader",
     "ResumableSampler",
     "build_transform",
+    "image_size",
     "make_loader",
     "resolve_normalization",
     "sample_seed",
@@ -70,7 +71,8 @@ def resolve_normalization(cfg: DataConfig, model: nn.Module | None = None,
     return mean, std
 
 
-def _image_size(dataset: Dataset[Any]) -> tuple[int, int]:
+def image_size(dataset: Dataset[Any]) -> tuple[int, int]:
+    """``(height, width)`` of a PIL-image dataset's first image."""
     img, _ = dataset[0]
     w, h = img.size
     return h, w

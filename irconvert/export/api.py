@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from irconvert.errors import ExportError
 
 __all__ = ["FORMATS", "ExportSummary", "export_checkpoint"]
 
-Format = Literal["packed", "onnx", "openvino"]
 FORMATS: tuple[str, ...] = ("packed", "onnx", "openvino")
 
 

@@ -53,7 +53,6 @@ from irconvert.errors import ExportError, LoadError
 from irconvert.export.bits import BIT_ORDER, packed_nbytes, unpack_signs
 from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import (
-    FrozenBinaryLayer,
     _set_submodule,
     binary_layers,
     freeze,
@@ -75,7 +74,6 @@ __all__ = [
 
 FORMAT = "irconvert-packed"
 FORMAT_VERSION = 1
-SUFFIX = ".irc"
 _DROPPED = ("num_batches_tracked", "ede_t", "ede_k")
 _BITS, _EXP, _PARAMS = "bits", "exponents", "params"
 
@@ -359,6 +357,3 @@ def _split_params(flat: Tensor, index: list[list[Any]]) -> dict[str, Tensor]:
         raise ValueError("params blob longer than its index")
     return state
 
-
-def is_frozen_layer(module: nn.Module) -> bool:
-    return isinstance(module, FrozenBinaryLayer)

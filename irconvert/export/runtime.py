@@ -61,11 +61,12 @@ class Predictor:
 def detect_format(path: str | os.PathLike[str]) -> str:
     """``packed``, ``onnx`` or ``openvino`` from the path; LoadError otherwise."""
     p = Path(path)
-    if (p.is_dir() and (p / "model.xml").is_file()) or p.suffix == ".xml":
+    suffix = p.suffix.lower()
+    if (p.is_dir() and (p / "model.xml").is_file()) or suffix == ".xml":
         return "openvino"
-    if p.suffix == ".onnx":
+    if suffix == ".onnx":
         return "onnx"
-    if p.suffix == ".irc":
+    if suffix == ".irc":
         return "packed"
     raise LoadError(f"{p}: not an exported model (.irc, .onnx, or an OpenVINO .xml/directory)")
 

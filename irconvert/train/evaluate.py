@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from irconvert.errors import LoadError
 from irconvert.train.distributed import DistEnv, all_reduce_sum
 from irconvert.train.metrics import correct_topk
 
@@ -69,16 +70,14 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device, *,
         model.train(was_training)
 
 
-EXPORTED_SUFFIXES = (".irc", ".onnx", ".xml")
-
-
 def _is_exported(p: Any) -> bool:
-    from pathlib import Path
+    from irconvert.export.runtime import detect_format
 
-    p = Path(p)
-    if p.is_dir():
-        return (p / "model.xml").is_file()
-    return p.suffix.lower() in EXPORTED_SUFFIXES
+    try:
+        detect_format(p)
+    except LoadError:
+        return False
+    return True
 
 
 def evaluate_source(path: str, data: str, *, split: str = "auto", batch_size: int = 256,

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from irconvert.checkpoint import atomic_save, new_checkpoint
-from irconvert.config import BinarizeConfig
 from irconvert.convert import ConversionReport, binarize_
 from irconvert.convert.heads import model_channels, model_outputs, replace_classifier_
 from irconvert.data.datasets import DataBundle, open_data
@@ -35,6 +34,7 @@ from irconvert.data.loaders import (
     AugmentedDataset,
     GPUCachedLoader,
     build_transform,
+    image_size,
     images_as_uint8,
     make_loader,
     resolve_normalization,
@@ -238,8 +238,7 @@ class Trainer:
             return
         size = None
         if not r.data.random_resized_crop and not r.data.crop:
-            img, _ = d.train[0]
-            size = (img.size[1], img.size[0])
+            size = image_size(d.train)
         train_tf = build_transform(r.data, self.mean, self.std, train=True, image_size=size)
         val_tf = build_transform(r.data, self.mean, self.std, train=False)
         pin = r.data.pin_memory and self.device.type == "cuda"
@@ -564,6 +563,3 @@ def resume_run(run_dir: str | os.PathLike[str], *, overrides: TrainConfig | None
         replace_classifier=bool(info.get("replace_classifier")),
         download=bool(info.get("download")), resume=True, **kwargs)
 
-
-def describe_binarize(config: BinarizeConfig) -> str:
-    return f"1W/{config.act_bits}A"
