@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="override the recipe's device")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="KEY=VALUE recipe override (value read as JSON), repeatable")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs") / "bench")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe_path = args.recipe or RECIPES[args.mode]
     overrides: dict[str, Any] = {"epochs": args.epochs, "steps": args.steps,
                                  "device": args.device, "data.gpu_cache": True, "workers": 0}
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     result = binarize_and_train(args.weights, f"imagefolder:{args.data}", recipe, run_dir,
-                                quiet=True)
+                                quiet=True, evaluate_start=True)
     wall = time.perf_counter() - start
     final = result.final
     row = {
@@ -69,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": "full recipe" if args.steps is None and args.epochs is None else "reduced",
         "epochs": result.epochs, "steps": recipe.steps,
         "batch_size": recipe.batch_size,
-        "fp_top1": result.fp_top1, "best_top1": result.best_top1,
+        "fp_top1": result.fp_top1, "converted_top1": result.start.get("converted"),
+        "calibrated_top1": result.start.get("calibrated"), "best_top1": result.best_top1,
         "final_top1": final.get("val_top1"), "final_top5": final.get("val_top5"),
         "published_top1": PUBLISHED[args.mode], "wall_s": round(wall, 1),
         "machine": machine(torch.device("cuda") if torch.cuda.is_available()
                            and recipe.device != "cpu" else None),
-        "torch": torch.__version__, "run_dir": str(run_dir),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "run_dir": str(run_dir),
+        "curve": [[r["epoch"] + 1, r.get("val_top1")] for r in result.history],
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
     }
     md = (f"| ResNet-20 {args.mode.upper().replace('W', 'W/')} | {row['protocol']}: "

@@ -1,16 +1,26 @@
 #!/usr/bin/env python3
 """Training throughput of IR-Net models relative to the same model in full precision.
 
-One training step = forward + cross-entropy + backward + SGD step, on random
-CIFAR-sized inputs (the data pipeline is not measured). The models: the
-full-precision CIFAR ResNet-20 and its 1W/32A and 1W/1A conversions
-(``irconvert.binarize_`` defaults; 1W/1A with the Bi-Real block transform).
+One training step = forward + loss + backward + SGD step on CIFAR-sized
+batches. Settings, side by side (``--settings``):
 
-    python benchmarks/throughput.py                      # CPU or the visible GPU
-    python benchmarks/throughput.py --device cuda --compile --out results/throughput
+* ``eager``: fp32, NCHW, no compile, the trainer's defaults before the CPU
+  work of issue 7 (the "before" figure);
+* ``fast``: bf16 autocast (where the CPU has bf16 kernels), channels_last and
+  ``torch.compile``: what the shipped recipes use;
+* ``fast+kd``: ``fast`` plus the frozen teacher's forward for distillation
+  (compiled, inference mode, bf16), as the 1W/1A recipe trains;
+* ``fast+data``: ``fast+kd`` plus the in-memory uint8 data path (batched
+  random crop, flip and normalisation of real-sized uint8 batches).
 
-Prints one row per mode (images/s, ms/step, ratio to full precision) and
-optionally writes ``OUT.json`` and ``OUT.md``.
+``--breakdown`` also times the parts of an eager 1W/1A step (forward,
+backward, binarization, teacher forward, augmentation) one by one.
+
+    python benchmarks/throughput.py --out results/throughput-cpu
+    python benchmarks/throughput.py --device cuda --out results/throughput-gpu
+
+Prints one row per (setting, mode) with images/s and the ratio to fp32 under
+the same setting, and optionally writes ``OUT.json`` and ``OUT.md``.
 """
 
 from __future__ import annotations
@@ -49,19 +59,71 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
-            device: torch.device, compile_: bool) -> dict[str, float]:
-    """Median seconds per training step over ``repeats`` runs of ``iters`` steps."""
-    step_model: Any = torch.compile(model) if compile_ else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    loss_fn = nn.CrossEntropyLoss()
+SETTINGS: dict[str, dict[str, bool]] = {
+    "eager": {"fast": False, "kd": False, "data": False},
+    "fast": {"fast": True, "kd": False, "data": False},
+    "fast+kd": {"fast": True, "kd": True, "data": False},
+    "fast+data": {"fast": True, "kd": True, "data": True},
+}
+
+
+def _loader(batch: int, device: torch.device) -> Any:
+    """The trainer's in-memory path over random uint8 CIFAR-sized images."""
+    from irconvert.data.loaders import GPUCachedLoader
+    from irconvert.train.recipe import DataConfig
+
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=gen).to(device)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    images = torch.randint(0, 256, (batch * 8, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (batch * 8,), generator=gen)
+    cfg = DataConfig(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop=32, padding=4)
+    return GPUCachedLoader(images, labels, cfg, cfg.mean, cfg.std,  # type: ignore[arg-type]
+                           batch_size=batch, train=True, seed=0, device=device)
+
+
+def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
+            device: torch.device, setting: dict[str, bool], depth: int) -> dict[str, float]:
+    """Median seconds per training step over ``repeats`` runs of ``iters`` steps."""
+    from irconvert.train.precision import autocast, resolve_amp
+
+    fast = setting["fast"]
+    amp = resolve_amp(device, "bf16") if fast else "none"
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    model = model.to(memory_format=fmt)  # type: ignore[call-arg]
+    step_model: Any = torch.compile(model) if fast else model
+    teacher: Any = None
+    if setting["kd"]:
+        teacher = cifar_resnet(depth).to(device).eval().to(memory_format=fmt)
+        teacher = torch.compile(teacher) if fast else teacher
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(batch, 3, 32, 32, generator=gen).to(device)
+    y0 = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    loader = _loader(batch, device) if setting["data"] else None
+    batches: Any = None
+
+    def next_batch() -> tuple[Any, Any]:
+        nonlocal batches
+        if loader is None:
+            return x0, y0
+        try:
+            return next(batches)
+        except (StopIteration, TypeError):
+            batches = iter(loader)
+            return next(batches)
 
     def step() -> None:
+        x, y = next_batch()
+        x = x.contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)
-        loss_fn(step_model(x), y).backward()
+        with autocast(device, amp):
+            logits = step_model(x).float()
+            loss = nn.functional.cross_entropy(logits, y)
+            if teacher is not None:
+                with torch.inference_mode():
+                    t_logits = teacher(x).float().clone()
+                loss = loss + nn.functional.kl_div(
+                    logits.log_softmax(1), t_logits.softmax(1), reduction="batchmean")
+        loss.backward()
         opt.step()
 
     for _ in range(warmup):
@@ -81,6 +143,61 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
             "cpu_sec_per_step": statistics.median(cpu_times)}
 
 
+def _ms(fn: Any, iters: int = 5) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return 1000 * (time.perf_counter() - start) / iters
+
+
+def breakdown(batch: int, depth: int, device: torch.device) -> dict[str, float]:
+    """Milliseconds per step of each part of an eager fp32 1W/1A training step."""
+    from irconvert.functional import ede_sign, libra_pb
+    from irconvert.nn import IRLayer
+
+    model = build("1w1a", depth, device)
+    teacher = cifar_resnet(depth).to(device).eval()
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    layers = [m for m in model.modules() if isinstance(m, IRLayer)]
+    acts: list[torch.Tensor] = []
+    hooks = [m.register_forward_pre_hook(lambda _, a: acts.append(a[0].detach()))
+             for m in layers]
+    model(x)
+    for h in hooks:
+        h.remove()
+
+    def fwd_bwd() -> None:
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    def binarize() -> None:
+        for m, a in zip(layers, acts, strict=True):
+            w = m.weight.detach().requires_grad_()  # type: ignore[union-attr]
+            a = a.requires_grad_()
+            (libra_pb(w, 1.0, 1.0).sum() + ede_sign(a, 1.0, 1.0).sum()).backward()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def teacher_fwd() -> None:
+        with torch.inference_mode():
+            teacher(x)
+
+    loader = _loader(batch, device)
+
+    def augment() -> None:
+        next(iter(loader))
+
+    total = _ms(fwd_bwd)
+    fwd = _ms(forward)
+    return {"forward": fwd, "backward (step - forward)": total - fwd,
+            "binarization fwd+bwd (all layers)": _ms(binarize),
+            "teacher forward": _ms(teacher_fwd), "augmentation (batched)": _ms(augment),
+            "whole step": total}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="median over this many runs")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the parts of an eager 1W/1A step")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -102,34 +221,42 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
 
     rows: list[dict[str, Any]] = []
-    for compiled in [False, True] if args.compile else [False]:
+    for setting in args.settings:
         base = None
         for mode in args.modes:
             model = build(mode, args.depth, device)
             result = measure(model, args.batch_size, args.warmup, args.iters, args.repeats,
-                             device, compiled)
+                             device, SETTINGS[setting], args.depth)
             if mode == "fp32":
                 base = result["images_per_s"]
-            row = {"mode": mode, "compiled": compiled, **result,
+            row = {"mode": mode, "setting": setting, **result,
                    "ratio_to_fp32": result["images_per_s"] / base if base else None}
             rows.append(row)
             ratio = f"{row['ratio_to_fp32']:.3f}" if row["ratio_to_fp32"] else "-"
-            print(f"{mode:6s} compile={compiled!s:5s} {result['images_per_s']:9.1f} img/s "
+            print(f"{mode:6s} {setting:9s} {result['images_per_s']:9.1f} img/s "
                   f"{1000 * result['sec_per_step']:8.1f} ms/step  ratio {ratio}  "
                   f"(max/min {result['spread']:.2f}; CPU {result['cpu_sec_per_step']:.2f} s/step)",
                   flush=True)
+    parts = breakdown(args.batch_size, args.depth, device) if args.breakdown else {}
+    for name, ms in parts.items():
+        print(f"breakdown {name:18s} {ms:8.1f} ms/step")
     info = {"model": f"cifar_resnet{args.depth}", "batch_size": args.batch_size,
+            "breakdown_ms": parts,
             "device": str(device), "machine": machine(device), "torch": torch.__version__,
             "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats, "rows": rows}
     print(f"machine: {info['machine']}; torch {torch.__version__}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(info, indent=2))
-        lines = ["| mode | compiled | images/s | ms/step | vs fp32 |", "|---|---|---|---|---|"]
+        lines = ["| setting | mode | images/s | ms/step | vs fp32 (same setting) |",
+                 "|---|---|---|---|---|"]
         for r in rows:
             ratio = f"{r['ratio_to_fp32']:.2f}" if r["ratio_to_fp32"] else "-"
-            lines.append(f"| {r['mode']} | {r['compiled']} | {r['images_per_s']:.0f} | "
+            lines.append(f"| {r['setting']} | {r['mode']} | {r['images_per_s']:.0f} | "
                          f"{1000 * r['sec_per_step']:.1f} | {ratio} |")
+        if parts:
+            lines += ["", "| part of an eager 1W/1A step | ms |", "|---|---|"]
+            lines += [f"| {k} | {v:.1f} |" for k, v in parts.items()]
         lines.append(f"\n{info['model']}, batch {args.batch_size}, {info['machine']}, "
                      f"torch {torch.__version__}")
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

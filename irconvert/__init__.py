@@ -7,6 +7,7 @@ from irconvert.export import freeze
 from irconvert.export import load_packed as load
 from irconvert.functional import ede_schedule
 from irconvert.nn import IRConv2d, IRLinear, set_ede
+from irconvert.train.posttrain import post_train
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "freeze",
     "load",
     "plan",
+    "post_train",
     "set_ede",
     "unbinarize_",
 ]

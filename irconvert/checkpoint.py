@@ -1,6 +1,24 @@
-"""The run checkpoint format shared by the trainer, ``eval`` and ``export``.
+"""Run directories and run checkpoints: finding, reading, writing, resuming.
 
-A checkpoint is a plain dict saved with ``torch.save`` that loads with
+Everything irconvert knows about its own outputs lives here: what a run
+directory holds, which file in it a command means, the checkpoint format,
+and one-line errors for everything that can be wrong with them. (Users'
+full-precision checkpoint files are :mod:`irconvert.io.checkpoint_file`'s job;
+exported files are :mod:`irconvert.export`'s.)
+
+A run directory (written by :mod:`irconvert.train.trainer`)::
+
+    config.yaml     the resolved recipe (a valid ``--recipe`` file)
+    run.yaml        where the model and data came from (for ``--resume``)
+    last.pt         run checkpoint + trainer state, after every epoch and on stop
+    best.pt         the checkpoint with the best validation top-1
+    metrics.jsonl   one JSON object per epoch
+    curves.png      loss, accuracy, lr and EDE t per epoch
+
+A post-training conversion (:mod:`irconvert.train.posttrain`) writes one
+``model.pt`` instead.
+
+A run checkpoint is a plain dict saved with ``torch.save`` that loads with
 ``weights_only=True``:
 
     format:        "irconvert-checkpoint"
@@ -29,15 +47,101 @@ from torch import nn
 from irconvert.atomic import atomic_file
 from irconvert.config import BinarizeConfig
 from irconvert.convert import binarize_
-from irconvert.errors import LoadError
+from irconvert.errors import ConfigError, LoadError
 from irconvert.models import build_model
 
-__all__ = ["FORMAT", "atomic_save", "is_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = [
+    "BEST",
+    "CONFIG",
+    "FORMAT",
+    "LAST",
+    "POSTTRAIN",
+    "RUN_FILES",
+    "RUN_INFO",
+    "RUN_OUTPUTS",
+    "atomic_save",
+    "check_new_run",
+    "find_checkpoint",
+    "is_checkpoint",
+    "is_run_dir",
+    "load_checkpoint",
+    "load_resume_state",
+    "load_run_checkpoint",
+    "missing_run_file",
+    "model_from_checkpoint",
+    "new_checkpoint",
+    "peek_checkpoint",
+    "read_run_dir",
+]
 
 FORMAT = "irconvert-checkpoint"
 VERSION = 1
 
+CONFIG = "config.yaml"
+RUN_INFO = "run.yaml"
+LAST = "last.pt"
+BEST = "best.pt"
+POSTTRAIN = "model.pt"
+# What a run directory needs to be continued, in the order a missing one is named.
+RUN_FILES = (LAST, CONFIG, RUN_INFO)
+# Every file a fine-tuning run writes (and only those).
+RUN_OUTPUTS = (CONFIG, RUN_INFO, LAST, BEST, "metrics.jsonl", "curves.png")
+# The checkpoint a folder stands for, in order of preference.
+_FOLDER_CHECKPOINTS = (BEST, LAST, POSTTRAIN)
 
+
+# -- run directories ---------------------------------------------------------
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a fine-tuning run directory (it has a recipe and a run.yaml)."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG).is_file() and (p / RUN_INFO).is_file()
+
+
+def missing_run_file(path: str | os.PathLike[str]) -> str | None:
+    """The first file ``--resume`` needs that ``path`` lacks (None: it can be resumed)."""
+    p = Path(path)
+    return next((name for name in RUN_FILES if not (p / name).is_file()), None)
+
+
+def read_run_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``run.yaml`` of a run directory that can be resumed.
+
+    Raises:
+        LoadError: a file ``--resume`` needs is missing, or ``run.yaml`` does
+            not say which model the run started from.
+    """
+    import yaml
+
+    run = Path(path)
+    missing = missing_run_file(run)
+    if missing is not None:
+        raise LoadError(f"{run}: not a run directory (no {missing})")
+    try:
+        info = yaml.safe_load((run / RUN_INFO).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise LoadError(f"{run / RUN_INFO}: not valid YAML") from None
+    if not isinstance(info, dict) or not info.get("model"):
+        raise LoadError(f"{run / RUN_INFO}: no 'model' entry; resume through the Python API")
+    return info
+
+
+def check_new_run(path: str | os.PathLike[str]) -> None:
+    """Refuse to start a run where one already is (a run directory is never replaced)."""
+    out = Path(path)
+    if (out / LAST).exists():
+        raise ConfigError(f"{out}: already holds a run ({LAST}); pass --resume to continue "
+                          "it or choose another --out")
+
+
+def load_resume_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``last.pt`` of the run directory ``path``, to continue it."""
+    out = Path(path)
+    if not (out / LAST).is_file():
+        raise LoadError(f"{out}: no {LAST} to resume from")
+    return load_run_checkpoint(out / LAST)
+
+
+# -- checkpoint files --------------------------------------------------------
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename."""
     with atomic_file(path) as tmp:
@@ -45,21 +149,37 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
 
 def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is an irconvert run checkpoint (it has the format marker)."""
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a run checkpoint (a file, or a run directory holding ``best.pt``/``last.pt``)."""
+def find_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint file ``path`` means: itself, or in a folder ``best.pt``, else
+    ``last.pt``, else ``model.pt`` (a post-training conversion).
+
+    Raises:
+        LoadError: no such file, or a folder without any of them.
+    """
     p = Path(path)
     if p.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in _FOLDER_CHECKPOINTS:
             if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise LoadError(f"{path}: no best.pt or last.pt in this run directory")
+                return p / name
+        raise LoadError(f"{path}: no {', '.join(_FOLDER_CHECKPOINTS[:-1])} or "
+                        f"{_FOLDER_CHECKPOINTS[-1]} in this folder")
     if not p.is_file():
         raise LoadError(f"{path}: no such file")
+    return p
+
+
+def load_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a run checkpoint from a file or a folder (see :func:`find_checkpoint`).
+
+    Raises:
+        LoadError: one line: missing, unreadable, not a run checkpoint, or
+            written by a newer irconvert.
+    """
+    p = find_checkpoint(path)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -67,10 +187,41 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise LoadError(f"{p}: not a readable irconvert checkpoint ({kind})") from None
     if not is_checkpoint(obj):
         raise LoadError(f"{p}: not an irconvert run checkpoint (no 'format' marker)")
+    return _supported(p, obj)
+
+
+load_checkpoint = load_run_checkpoint  # the older name
+
+
+def _supported(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
     if obj.get("version", 0) > VERSION:
-        raise LoadError(f"{p}: checkpoint version {obj['version']} is newer than this "
+        raise LoadError(f"{path}: checkpoint version {obj['version']} is newer than this "
                         f"irconvert understands ({VERSION}); upgrade irconvert")
     return dict(obj)
+
+
+def peek_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run checkpoint ``path`` means, or None when it is not one.
+
+    "Is this ours?" for commands that take several kinds of input. A folder
+    with ``best.pt``, ``last.pt`` or ``model.pt`` is read as
+    :func:`load_run_checkpoint` does (errors included); a ``.pt`` file counts
+    when it loads and has the format marker. Anything else (a float
+    checkpoint, a model name, a folder without checkpoints) gives None, so
+    the caller's next loader can explain what is wrong with it.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not any((p / name).is_file() for name in _FOLDER_CHECKPOINTS):
+            return None
+        return load_run_checkpoint(p)
+    if p.suffix != ".pt" or not p.is_file():
+        return None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # not ours (or not weights-only): the next loader says what it is
+    return _supported(p, obj) if is_checkpoint(obj) else None
 
 
 def new_checkpoint(
@@ -87,7 +238,7 @@ def new_checkpoint(
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str]) -> nn.Module:
     """Rebuild the binarized model a checkpoint holds, in eval mode."""
-    data = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
+    data = ckpt if isinstance(ckpt, dict) else load_run_checkpoint(ckpt)
     arch = data.get("arch")
     if not arch:
         raise LoadError("checkpoint has no architecture name; it cannot be rebuilt safely")

@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from irconvert.checkpoint import atomic_save
-from irconvert.train.recipe import TrainConfig, recipe_from_dict
+from irconvert.checkpoint import RUN_OUTPUTS, atomic_save
+from irconvert.config import TrainConfig
+from irconvert.train.recipe import recipe_from_dict
 from irconvert.train.trainer import FitResult, binarize_and_train
 
 __all__ = ["DEMO_RECIPE", "default_cache_dir", "demo_recipe", "run_demo", "train_float_model"]
 
 FP_CHECKPOINT = "digits_cnn-fp-v3.pt"
 FP_EPOCHS = 15
-RUN_FILES = ("config.yaml", "run.yaml", "last.pt", "best.pt", "metrics.jsonl", "curves.png")
 
 DEMO_RECIPE: dict[str, Any] = {
     "epochs": 20,
@@ -112,7 +112,7 @@ def _run_demo(out: Path, cache_dir: str | os.PathLike[str] | None, epochs: int |
               quiet: bool, device: str, progress: Any, fp_epochs: int) -> FitResult:
     log = progress.log if progress is not None else (None if quiet else print)
     fp_path = train_float_model(cache_dir, epochs=fp_epochs, log=log)
-    for name in RUN_FILES:  # only the files a run writes: never a whole folder
+    for name in RUN_OUTPUTS:  # only the files a run writes: never a whole folder
         (out / name).unlink(missing_ok=True)
     recipe = demo_recipe(device=device, **({"epochs": epochs} if epochs else {}))
     return binarize_and_train(str(fp_path), "digits", recipe, out, arch="digits_cnn",

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from irconvert.cli import app
 from irconvert.cli._common import console, human_bytes, user_errors
+from irconvert.cli._tables import Column, key_value_grid, print_table
 
 InputSize = Annotated[str | None, typer.Option(
     "--input-size", help="C,H,W of one input for tracing, e.g. 3,32,32 "
@@ -31,7 +32,8 @@ def _input_size(value: str | None) -> tuple[int, ...] | None:
 @app.command()
 def export(
     src: Annotated[Path, typer.Argument(
-        help="A trainer run checkpoint (.pt) or run directory (best.pt / last.pt).")],
+        help="A run checkpoint (.pt) or run directory (best.pt, last.pt or the model.pt "
+        "of a post-training conversion).")],
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Output: a .irc file, an .onnx file, or an OpenVINO "
         "directory (or .xml path).")],
@@ -57,13 +59,12 @@ def export(
     with user_errors():
         summary = export_checkpoint(src, fmt.lower(), out, force=force, onnx_packed=onnx_packed,
                                     opset=opset, input_size=size)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("wrote", f"{summary.path} ({summary.format})")
-    grid.add_row("size", f"{human_bytes(summary.bytes)} ({summary.bytes:,} bytes)")
-    grid.add_row("binary layers", str(summary.binary_layers))
-    for key, value in summary.details.items():
-        grid.add_row(key, value)
-    console.print(grid)
+    console.print(key_value_grid([
+        ("wrote", escape(f"{summary.path} ({summary.format})")),
+        ("size", f"{human_bytes(summary.bytes)} ({summary.bytes:,} bytes)"),
+        ("binary layers", str(summary.binary_layers)),
+        *summary.details.items(),
+    ]))
     for note in summary.notes:
         console.print(f"[yellow]float fallback:[/] {note}", highlight=False, soft_wrap=True)
 
@@ -88,16 +89,17 @@ def bench(
     with user_errors():
         rows = run_bench(list(paths), batch or [1], threads or [0], warmup=warmup, runs=runs,
                          input_size=size)
-    table = Table(title="inference benchmark (median of timed runs)", title_justify="left")
-    for col in ("model", "format", "size", "batch", "threads", "latency ms", "images/s"):
-        table.add_column(col, justify="right" if col not in ("model", "format") else "left")
+    columns = [Column(c, justify="left" if c in ("model", "format") else "right")
+               for c in ("model", "format", "size", "batch", "threads", "latency ms",
+                         "images/s")]
+    cells = []
     for r in rows:
         name = Path(r.path)
         label = f"{name.parent.name}/{name.name}" if name.name == "model.xml" else name.name
-        table.add_row(label, r.format, human_bytes(r.bytes), str(r.batch),
+        cells.append([escape(label), r.format, human_bytes(r.bytes), str(r.batch),
                       "all" if r.threads == 0 else str(r.threads), f"{r.median_ms:.2f}",
-                      f"{r.throughput:.1f}")
-    console.print(table)
+                      f"{r.throughput:.1f}"])
+    print_table(console, "inference benchmark (median of timed runs)", columns, cells)
 
 
 def render_packed(path: str) -> None:
@@ -106,27 +108,27 @@ def render_packed(path: str) -> None:
 
     with user_errors():
         info = describe_packed(path)
-    table = Table(title=f"{path} ({info.arch}, {info.num_classes} classes, "
-                  f"format v{info.format_version})", title_justify="left")
-    for col in ("tensor", "dtype", "shape", "bytes"):
-        table.add_column(col, justify="right" if col == "bytes" else "left")
-    for row in info.tensors:
-        table.add_row(row.name, row.dtype, "x".join(map(str, row.shape)) or "scalar",
-                      f"{row.nbytes:,}")
-    console.print(table)
+    title = (f"{path} ({info.arch}, {info.num_classes} classes, "
+             f"format v{info.format_version})")
+    columns = [Column("tensor"), Column("dtype"), Column("shape"),
+               Column("bytes", justify="right")]
+    cells = [[escape(row.name), row.dtype, "x".join(map(str, row.shape)) or "scalar",
+              f"{row.nbytes:,}"] for row in info.tensors]
+    print_table(console, escape(title), columns, cells)
     s = info.size
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("binary layers", str(len(info.layers)))
-    grid.add_row("weight bits", human_bytes(s.bits))
-    grid.add_row("scale exponents", human_bytes(s.exponents))
-    grid.add_row("full-precision tensors", human_bytes(s.floats))
-    grid.add_row("metadata", human_bytes(s.metadata))
-    grid.add_row("tensor index + padding", human_bytes(s.index))
-    grid.add_row("file", f"{human_bytes(s.actual)} ({s.overhead:.2%} above the minimum)")
     pre = info.preprocessing or {}
     norm = pre.get("normalization")
-    grid.add_row("normalization", f"mean {norm['mean']} std {norm['std']}" if norm
-                 else "not recorded")
+    rows = [
+        ("binary layers", str(len(info.layers))),
+        ("weight bits", human_bytes(s.bits)),
+        ("scale exponents", human_bytes(s.exponents)),
+        ("full-precision tensors", human_bytes(s.floats)),
+        ("metadata", human_bytes(s.metadata)),
+        ("tensor index + padding", human_bytes(s.index)),
+        ("file", f"{human_bytes(s.actual)} ({s.overhead:.2%} above the minimum)"),
+        ("normalization", escape(f"mean {norm['mean']} std {norm['std']}") if norm
+         else "not recorded"),
+    ]
     if pre.get("input_size"):
-        grid.add_row("input size", "x".join(map(str, pre["input_size"])))
-    console.print(grid)
+        rows.append(("input size", "x".join(map(str, pre["input_size"]))))
+    console.print(key_value_grid(rows))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from irconvert.cli import app
 from irconvert.cli._common import console, human_bytes, print_json, user_errors
+from irconvert.cli._tables import Column, key_value_grid, print_table
 from irconvert.cli.options import (
     ActBits,
     Arch,
@@ -28,33 +29,38 @@ from irconvert.cli.options import (
 )
 from irconvert.convert import ConversionReport, plan
 
+REPORT_COLUMNS = (Column("layer"), Column("type"), Column("shape"),
+                  Column("params", justify="right"), Column("decision"),
+                  Column("reason", wrap=True))
+
 
 def render_report(report: ConversionReport, title: str) -> None:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for col, kw in (("layer", {}), ("type", {}), ("shape", {}), ("params", {"justify": "right"}),
-                    ("decision", {}), ("reason", {})):
-        table.add_column(col, **kw)  # type: ignore[arg-type]
+    """The layer table and the totals (``inspect``, ``binarize --dry-run``, post-training)."""
+    rows = []
     for row in report.rows:
         decision = "[green]binarize[/]" if row.binarize else "[yellow]keep fp32[/]"
-        reason = row.reason + (" [red](inputs >= 0!)[/]" if row.warning else "")
-        table.add_row(row.name, row.type, "x".join(map(str, row.shape)), f"{row.params:,}",
-                      decision, reason)
-    console.print(table)
+        reason = escape(row.reason) + (" [red](inputs >= 0!)[/]" if row.warning else "")
+        rows.append([escape(row.name), row.type, "x".join(map(str, row.shape)),
+                     f"{row.params:,}", decision, reason])
+    print_table(console, escape(title), REPORT_COLUMNS, rows)
     if report.blocks:
+        # One line, like a log line: a pipe or file gets it unwrapped.
         console.print(f"Block transforms (Hardtanh + shortcut per binarized conv): "
-                      f"{len(report.blocks)} blocks: {', '.join(report.blocks)}")
-    totals = Table.grid(padding=(0, 2))
-    totals.add_row("mode", f"1W/{report.act_bits}A")
-    totals.add_row("binarized layers", f"{report.binarized_layers} of {len(report.rows)}")
-    totals.add_row("parameters binarized",
-                   f"{report.binarized_params:,} of {report.total_params:,} "
-                   f"({100 * report.binarized_params / max(report.total_params, 1):.1f}%)")
-    totals.add_row("fp32 size", human_bytes(report.fp32_bytes))
-    totals.add_row("size after packing", human_bytes(report.packed_bytes))
-    totals.add_row("compression", f"{report.compression:.2f}x")
-    console.print(totals)
+                      f"{len(report.blocks)} blocks: {', '.join(report.blocks)}",
+                      highlight=False, soft_wrap=True)
+    share = 100 * report.binarized_params / max(report.total_params, 1)
+    console.print(key_value_grid([
+        ("mode", f"1W/{report.act_bits}A"),
+        ("binarized layers", f"{report.binarized_layers} of {len(report.rows)}"),
+        ("parameters binarized",
+         f"{report.binarized_params:,} of {report.total_params:,} ({share:.1f}%)"),
+        ("fp32 size", human_bytes(report.fp32_bytes)),
+        ("size after packing", human_bytes(report.packed_bytes)),
+        ("compression", f"{report.compression:.2f}x"),
+    ]))
     for line in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()

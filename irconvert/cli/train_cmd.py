@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from irconvert.cli import app
 from irconvert.cli._common import console, err_console, human_bytes, print_json, user_errors
+from irconvert.cli._tables import Column, print_table
 from irconvert.cli.options import Arch, NumClasses, Pretrained, TrustPickle
 
 DataOpt = Annotated[str, typer.Option(
@@ -28,9 +29,15 @@ def _float_list(value: str | None, name: str) -> tuple[float, ...] | None:
                                  param_hint=name) from None
 
 
-def _is_run_dir(path: str) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "config.yaml").is_file() and (p / "run.yaml").is_file()
+def _epochs_by_stage(history: list[dict[str, Any]], epochs: int) -> str:
+    """``30`` for a plain recipe; ``10 activations + 20 both`` for a staged one."""
+    counts: dict[str, int] = {}
+    for row in history:
+        key = f"{row.get('stage', '1')} ({row.get('binarize', 'both')})"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) <= 1:
+        return str(epochs)
+    return f"{epochs}: " + " + ".join(f"{n} {key}" for key, n in counts.items())
 
 
 def render_summary(result: Any, quiet: bool) -> None:
@@ -48,7 +55,7 @@ def render_summary(result: Any, quiet: bool) -> None:
         ("fp32 size", human_bytes(report["fp32_bytes"])),
         ("size after packing", f"{human_bytes(report['packed_bytes'])} "
                                f"({report['compression']:.1f}x smaller)"),
-        ("epochs", str(result.epochs)),
+        ("epochs", _epochs_by_stage(result.history, result.epochs)),
         ("wall time", f"{result.wall_time:.1f} s"),
         ("run directory", str(result.run_dir)),
     ]
@@ -56,12 +63,9 @@ def render_summary(result: Any, quiet: bool) -> None:
         for key, value in rows:
             console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
         return
-    table = Table(title="irconvert summary", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    print_table(console, "irconvert summary",
+                [Column("what"), Column("value", justify="right", wrap=True)],
+                [(key, escape(value)) for key, value in rows], show_header=False)
 
 
 def _run_training(call: Any, quiet: bool) -> None:
@@ -105,18 +109,26 @@ def _is_main() -> bool:
 def binarize(
     model: Annotated[str, typer.Argument(
         help="The full-precision model (checkpoint file, torchvision/timm/built-in name), "
+        "a post-training model.pt or its folder (fine-tuning starts from its original), "
         "or a run directory to continue with --resume.")],
     data: Annotated[str | None, typer.Option(
         "--data", help="imagefolder:PATH, cifar10:PATH, cifar100:PATH, digits, or a folder.")]
     = None,
     recipe: Annotated[Path | None, typer.Option(
         "--recipe", help="YAML training recipe (see recipes/); defaults when omitted.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory to write.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory to write. Without --data (or with --epochs 0): where "
+        "model.pt goes (a folder or a .pt path; default runs/NAME-1w1a/).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Without --data or with --epochs 0: replace an existing model.pt "
+        "at --out.")] = False,
     arch: Arch = None,
     num_classes: NumClasses = None,
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=0, help="Override epochs. 0: post-training only (re-estimate "
+        "BatchNorm on --data, evaluate, write model.pt; no fine-tuning).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Override steps.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Override optimizer.lr.")] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -151,44 +163,133 @@ def binarize(
     Writes a run directory: config.yaml, run.yaml, last.pt, best.pt, metrics.jsonl
     and curves.png. Ctrl-C or SIGTERM saves last.pt first; --resume continues it
     exactly. Works under torchrun (one process per GPU).
+
+    Without --data: convert only, write a binarized model.pt (for export and
+    a later fine-tuning; accuracy is near chance until then) and print the
+    command that fine-tunes it. With --epochs 0: also re-estimate BatchNorm
+    on --data and report the post-training accuracy.
     """
-    from irconvert.train.recipe import TrainConfig, apply_overrides, load_recipe
+    from irconvert.checkpoint import CONFIG, LAST, is_run_dir, missing_run_file
+    from irconvert.config import TrainConfig
+    from irconvert.train.recipe import apply_overrides, load_recipe
     from irconvert.train.trainer import binarize_and_train, resume_run
 
-    overrides = {"epochs": epochs, "steps": steps, "optimizer.lr": lr, "batch_size": batch_size,
+    # epochs stays out until the route is decided: 0 selects post-training
+    # (it is not a valid recipe value).
+    overrides = {"steps": steps, "optimizer.lr": lr, "batch_size": batch_size,
                  "binarize.act_bits": act_bits, "device": device, "seed": seed,
                  "workers": workers, "amp": amp, **_parse_sets(sets)}
-    run_dir_given = _is_run_dir(model)
+    run_dir_given = is_run_dir(model)
     if run_dir_given and not resume:
         raise typer.BadParameter(f"{model} is a run directory; add --resume to continue it",
                                  param_hint="MODEL")
-    if not run_dir_given:
-        if data is None:
-            raise typer.BadParameter("is required (where the training images are)",
-                                     param_hint="--data")
-        if out is None:
-            raise typer.BadParameter("is required (the run directory to write)",
-                                     param_hint="--out")
+    post_training = not run_dir_given and (data is None or epochs == 0)
+    if resume and not run_dir_given and data is None:
+        missing = missing_run_file(model) or LAST
+        raise typer.BadParameter(f"{model} is not a run directory (no {missing})",
+                                 param_hint="MODEL")
+    if resume and epochs == 0:
+        raise typer.BadParameter("0 (post-training) cannot continue a run; drop --resume",
+                                 param_hint="--epochs")
+    if not post_training and not run_dir_given and out is None:
+        raise typer.BadParameter("is required (the run directory to write)",
+                                 param_hint="--out")
+    if force and not post_training:
+        raise typer.BadParameter("applies without --data or with --epochs 0 (it replaces "
+                                 "model.pt); a run directory is never replaced",
+                                 param_hint="--force")
+    load: dict[str, Any] = {"arch": arch, "num_classes": num_classes,
+                            "pretrained": pretrained, "trust_pickle": trust_pickle}
     with user_errors():
         if run_dir_given:
-            base = load_recipe(recipe or Path(model) / "config.yaml")
-        else:
-            base = load_recipe(recipe) if recipe is not None else TrainConfig()
-        config = apply_overrides(base, overrides)
-        if run_dir_given:
+            base = load_recipe(recipe or Path(model) / CONFIG)
+            config = apply_overrides(base, {**overrides, "epochs": epochs})
             _run_training(lambda: resume_run(model, overrides=config, quiet=quiet), quiet)
             return
-        assert data is not None and out is not None
-        if dry_run:
-            _dry_run(model, config, arch, num_classes, pretrained, trust_pickle)
+        model, load, base = _original_of(model, load)
+        if recipe is not None:
+            base = load_recipe(recipe)
+        elif base is None:
+            base = _default_recipe(model, load, act_bits, announce=not post_training)
+        config = apply_overrides(base or TrainConfig(), overrides)
+        if post_training and not dry_run:
+            from irconvert.cli._posttrain import run_post_training
+
+            flags = _repeat_flags(load, recipe, overrides, sets, download)
+            run_post_training(model, config, out, data, flags=flags, force=force,
+                              download=download, **load)
             return
+        if not post_training:  # only now: 0 is not a valid recipe value
+            config = apply_overrides(config, {"epochs": epochs})
+        if dry_run:
+            _dry_run(model, config, **load)
+            return
+    assert data is not None and out is not None
     _run_training(lambda: binarize_and_train(
-        model, data, config, out, arch=arch, num_classes=num_classes, pretrained=pretrained,
-        trust_pickle=trust_pickle, replace_classifier=replace_classifier, download=download,
-        resume=resume, quiet=quiet), quiet)
+        model, data, config, out, replace_classifier=replace_classifier, download=download,
+        resume=resume, quiet=quiet, **load), quiet)
 
 
-def _dry_run(model: str, config: Any, arch: str | None, num_classes: int | None,
+def _default_recipe(model: str, load: dict[str, Any], act_bits: int | None,
+                    announce: bool = True) -> Any:
+    """The shipped recipe for a recognised architecture (None: the generic defaults)."""
+    from irconvert.io import load_model
+    from irconvert.train.defaults import default_recipe
+
+    arch = load.get("arch") or load_model(model, **load).arch
+    config, path = default_recipe(arch, act_bits or 1)
+    if path is None:
+        return None
+    if announce:  # conversion without training needs no word about the training recipe
+        mode = "1W/1A" if (act_bits or 1) == 1 else "1W/32A"
+        err_console.print(f"[yellow]note:[/] no --recipe: using {escape(str(path))}, the "
+                          f"measured recipe for {arch} {mode}", highlight=False, soft_wrap=True)
+    return config
+
+
+def _original_of(model: str, load: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
+    """A post-training checkpoint as MODEL stands for its original model and recipe.
+
+    Fine-tuning starts from the full-precision weights (the teacher, the
+    full-precision accuracy and ``--resume`` need them), so the checkpoint's
+    ``origin`` is loaded instead; options given on the command line win.
+    """
+    from irconvert.train.posttrain import origin_of
+
+    found = origin_of(model)
+    if found is None:
+        return model, load, None
+    origin, recipe = found
+    merged = {key: value if value not in (None, False) else origin.get(key, value)
+              for key, value in load.items()}
+    err_console.print(f"[yellow]note:[/] {escape(model)} is a post-training conversion; "
+                      f"starting from its original model {escape(str(origin['model']))}",
+                      highlight=False, soft_wrap=True)
+    return str(origin["model"]), merged, recipe
+
+
+def _repeat_flags(load: dict[str, Any], recipe: Path | None, overrides: dict[str, Any],
+                  sets: list[str] | None, download: bool) -> list[str]:
+    """The options a fine-tuning command needs to do what this one did."""
+    flags: list[str] = []
+    for key, value in load.items():
+        if isinstance(value, bool):
+            flags += [f"--{key.replace('_', '-')}"] if value else []
+        elif value is not None:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    if recipe is not None:
+        flags += ["--recipe", str(recipe)]
+    named = {"binarize.act_bits": "--act-bits", "batch_size": "--batch-size",
+             "device": "--device", "seed": "--seed", "workers": "--workers", "amp": "--amp"}
+    for key, flag in named.items():
+        if overrides.get(key) is not None:
+            flags += [flag, str(overrides[key])]
+    for item in sets or []:
+        flags += ["--set", item]
+    return flags + (["--download"] if download else [])
+
+
+def _dry_run(model: str, config: Any, *, arch: str | None, num_classes: int | None,
              pretrained: bool, trust_pickle: bool) -> None:
     import yaml
 
@@ -200,7 +301,9 @@ def _dry_run(model: str, config: Any, arch: str | None, num_classes: int | None,
                         trust_pickle=trust_pickle)
     render_report(plan(loaded.model, config.binarize), f"{model} ({loaded.arch})")
     console.print("[bold]recipe[/]")
-    console.print(yaml.safe_dump(config.to_dict(), sort_keys=False), highlight=False)
+    # soft_wrap: a long YAML line wrapped at 80 columns would no longer be YAML.
+    console.print(yaml.safe_dump(config.to_dict(), sort_keys=False), highlight=False,
+                  soft_wrap=True, markup=False)
 
 
 @app.command("eval")
@@ -228,15 +331,15 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Measure top-1/top-5 accuracy and loss of a model on a data set."""
-    from irconvert.train.evaluate import evaluate_source
+    from irconvert.open_any import evaluate_any
 
     m, s = _float_list(mean, "--mean"), _float_list(std, "--std")
     if (m is None) != (s is None):
         raise typer.BadParameter("give both --mean and --std, or neither", param_hint="--mean")
     with user_errors():
-        result = evaluate_source(path, data, split=split, batch_size=batch_size, device=device,
-                                 workers=workers, arch=arch, num_classes=num_classes,
-                                 trust_pickle=trust_pickle, mean=m, std=s, limit=limit)
+        result = evaluate_any(path, data, split=split, batch_size=batch_size, device=device,
+                              workers=workers, arch=arch, num_classes=num_classes,
+                              trust_pickle=trust_pickle, mean=m, std=s, limit=limit)
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if as_json:

@@ -2,7 +2,7 @@
 
 from irconvert.convert import blocks  # noqa: F401  (registers the block transforms)
 from irconvert.convert.report import ConversionReport, LayerRow
-from irconvert.convert.select import Decision, decide, find_classifier, find_stem
+from irconvert.convert.select import Decision, decide
 from irconvert.convert.surgery import (
     BLOCK_TRANSFORMS,
     binarize,
@@ -11,6 +11,7 @@ from irconvert.convert.surgery import (
     unbinarize_,
 )
 from irconvert.convert.table import DEFAULT_LAYER_MAP
+from irconvert.models.heads import find_classifier, find_stem
 
 __all__ = [
     "BLOCK_TRANSFORMS",

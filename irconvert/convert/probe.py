@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["example_input_shape", "nonnegative_inputs"]
+__all__ = ["example_input_shape", "input_channels", "nonnegative_inputs"]
 
 
 def example_input_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -30,6 +30,48 @@ def example_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         if isinstance(module, nn.Linear):
             return (module.in_features,)
     return None
+
+
+def _run_probe(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    """One eval-mode forward pass on a seeded random batch; False if it fails."""
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((2, *shape), generator=gen).to(device)
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except Exception:  # a model we cannot run on a guessed input: no verdict
+        return False
+    finally:
+        model.train(was_training)
+    return True
+
+
+def input_channels(model: nn.Module, names: set[str]) -> dict[str, set[int]]:
+    """The channel counts (dim 1) each module of ``names`` is called with, per call."""
+    shape = example_input_shape(model)
+    seen: dict[str, set[int]] = {}
+    if shape is None or not names:
+        return seen
+    modules = dict(model.named_modules())
+
+    def hook(name: str) -> Any:
+        def record(_: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.dim() >= 2:
+                seen.setdefault(name, set()).add(int(x.shape[1]))
+        return record
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names if n in modules]
+    try:
+        ok = _run_probe(model, shape)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen if ok else {}
 
 
 def nonnegative_inputs(model: nn.Module, names: set[str]) -> set[str] | None:
@@ -51,19 +93,9 @@ def nonnegative_inputs(model: nn.Module, names: set[str]) -> set[str] | None:
         return record
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names if n in modules]
-    was_training = model.training
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn((2, *shape), generator=gen).to(device)
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    except Exception:  # a model we cannot run on a guessed input: no verdict
-        return None
+        ok = _run_probe(model, shape)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
-    return found
+    return found if ok else None

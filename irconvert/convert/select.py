@@ -4,7 +4,8 @@ IR-Net keeps the stem, the classifier and the 1x1 shortcut convolutions in
 full precision (spec, "Which layers stay full precision"); depthwise and
 grouped convolutions are a known weak spot of binarization. timm's
 ``pretrained_cfg`` names the stem (``first_conv``) and the classifier; for
-other models they are found structurally (first conv, last linear).
+other models they are found structurally (first conv, last linear; see
+:mod:`irconvert.models.heads`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from torch import nn
 
 from irconvert.config import BinarizeConfig
 from irconvert.convert.table import LayerMap, is_candidate
+from irconvert.models.heads import find_classifier, find_stem
 from irconvert.nn import IRLayer
 
-__all__ = ["Decision", "decide", "find_classifier", "find_stem"]
+__all__ = ["Decision", "decide"]
 
 # Module-name components that mark a residual shortcut branch in torchvision,
 # timm and the usual hand-written ResNets.
@@ -33,64 +35,6 @@ class Decision:
 
     binarize: bool
     reason: str
-
-
-def _cfg_names(model: nn.Module, key: str) -> list[str]:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if not isinstance(cfg, dict) or not cfg.get(key):
-        return []
-    value = cfg[key]
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _resolve(model: nn.Module, names: Iterable[str]) -> set[str]:
-    """Module names from a timm cfg; a name may point at a container (``stem``)."""
-    modules = dict(model.named_modules())
-    found: set[str] = set()
-    for name in names:
-        module = modules.get(name)
-        if module is None:
-            continue
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            found.add(name)
-        else:  # a container: its first (stem) or last (head) layer is meant
-            inner = [f"{name}.{n}" for n, m in module.named_modules()
-                     if isinstance(m, (nn.Conv2d, nn.Linear))]
-            if inner:
-                found.add(inner[0] if "conv" in name or "stem" in name else inner[-1])
-    return found
-
-
-def find_stem(model: nn.Module) -> set[str]:
-    """Dotted names of the stem convolution(s)."""
-    named = _resolve(model, _cfg_names(model, "first_conv"))
-    if named:
-        return named
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return {name}
-    return set()
-
-
-def find_classifier(model: nn.Module) -> set[str]:
-    """Dotted names of the classifier layer(s)."""
-    names = _cfg_names(model, "classifier")
-    named = _resolve(model, names)
-    if named:
-        return named
-    modules = dict(model.named_modules())
-    if names and all(n in modules for n in names):
-        # timm with num_classes=0: the head is an Identity, there is no
-        # classifier; the last backbone layer is not one.
-        return set()
-    last_linear = last_conv = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last_linear = name
-        elif isinstance(module, nn.Conv2d):
-            last_conv = name
-    last = last_linear if last_linear is not None else last_conv
-    return {last} if last is not None else set()
 
 
 def _is_shortcut(name: str, module: nn.Module) -> bool:

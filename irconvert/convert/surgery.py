@@ -11,14 +11,15 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from irconvert.config import BinarizeConfig
-from irconvert.convert.probe import nonnegative_inputs
+from irconvert.convert.probe import input_channels, nonnegative_inputs
 from irconvert.convert.report import ConversionReport, LayerRow, model_sizes
 from irconvert.convert.select import Decision, decide
 from irconvert.convert.table import DEFAULT_LAYER_MAP, LayerMap
 from irconvert.errors import ConversionError
-from irconvert.nn import IRLayer
+from irconvert.nn import IRLayer, RPReLU
 
-__all__ = ["BlockTransform", "binarize", "binarize_", "plan", "unbinarize_"]
+__all__ = ["BlockTransform", "binarize", "binarize_", "enable_act_thresholds_", "plan",
+           "unbinarize_"]
 
 RELU_WARNING = (
     "input is always >= 0 (a ReLU-like output), so every activation bit is +1; "
@@ -52,7 +53,42 @@ def _transform_blocks(model: nn.Module, config: BinarizeConfig) -> list[str]:
     changed: list[str] = []
     for transform in BLOCK_TRANSFORMS:
         changed.extend(transform(model))
+    if changed and config.block_act == "rprelu":
+        _hardtanh_to_rprelu(model)
     return changed
+
+
+def _hardtanh_to_rprelu(model: nn.Module) -> list[str]:
+    """Replace each Hardtanh that always sees one channel count by an ``RPReLU``.
+
+    The channel count comes from a forward probe, so any block form works; a
+    Hardtanh shared between tensors of different widths (VGG-Small's single
+    ``nonlinear``) cannot hold per-channel parameters and is left alone.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Hardtanh) and n]
+    seen = input_channels(model, set(names))
+    replaced = []
+    for name in names:
+        widths = seen.get(name, set())
+        if len(widths) == 1:
+            _set_submodule(model, name, RPReLU(widths.pop()).to(_device_of(model)))
+            replaced.append(name)
+    return replaced
+
+
+def _device_of(model: nn.Module) -> Any:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else "cpu"
+
+
+def enable_act_thresholds_(model: nn.Module) -> int:
+    """Give every binary-input IR-Net layer a learnable threshold (zeros until calibrated)."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, IRLayer) and module.binary_act and module.act_threshold is None:
+            module.enable_act_threshold()
+            count += 1
+    return count
 
 
 def _build_report(
@@ -162,6 +198,8 @@ def binarize_(
               if id(m) in replaced]
     for name, new in places:
         _set_submodule(model, name, new)
+    if config.act_threshold:
+        enable_act_thresholds_(model)
     if warn:
         for line in report.warnings:
             warnings.warn(f"irconvert: {line}", UserWarning, stacklevel=2)

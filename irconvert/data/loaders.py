@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from irconvert.config import DataConfig
 from irconvert.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from irconvert.errors import ConfigError, DataError
-from irconvert.train.recipe import DataConfig
 
 __all__ = [
     "AugmentedDataset",

@@ -4,12 +4,14 @@
 :class:`~irconvert.nn.IRConv2d`/:class:`~irconvert.nn.IRLinear` is replaced by a
 :class:`FrozenBinaryConv2d`/:class:`FrozenBinaryLinear`. A frozen layer holds
 ``sign`` (+-1, float32) and ``scale`` (``2 ** exponent`` per output channel)
-and computes ``conv(sign(x) if binary_act else x, sign * scale)``: the very
+and computes ``conv(sign(x - b) if binary_act else x, sign * scale)``: the very
 tensors the IR layer's eval-mode forward pass builds, so the outputs are
-bit-for-bit equal. BatchNorm layers are left as they are; inference engines
-fuse them (ONNX Runtime folds BatchNormalization into the preceding Conv,
-OpenVINO folds the scale Multiply and the BatchNorm into one per-channel
-affine after the binary convolution).
+bit-for-bit equal. ``b`` is the learnt per-input-channel threshold
+(``act_threshold``, ReActNet's RSign), a buffer that exists only when the
+source layer has one; without it the activation is ``sign(x)``. BatchNorm
+layers are left as they are; inference engines fuse them (ONNX Runtime folds
+BatchNormalization into the preceding Conv, OpenVINO folds the scale Multiply
+and the BatchNorm into one per-channel affine after the binary convolution).
 
 A frozen layer can also compute its weight from packed bits inside its
 forward pass (:meth:`FrozenBinaryLayer.use_packed_`), with only arithmetic
@@ -47,6 +49,16 @@ __all__ = [
 def sign_activation(x: Tensor) -> Tensor:
     """``sign(x)`` with ``sign(0) = +1``, written as ``Where(x >= 0, 1, -1)`` when exported."""
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def subtract_threshold(x: Tensor, threshold: Tensor) -> Tensor:
+    """``x - b`` with ``b`` per channel (dim 1): one ``Sub`` node when exported.
+
+    The same float subtraction as :meth:`irconvert.nn.IRLayer.binarize_input`,
+    so ``sign(x - b)`` is bit-for-bit the training-time sign.
+    """
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return x - threshold.to(x.dtype).view(shape)
 
 
 ZERO_EXPONENT = -128
@@ -91,14 +103,26 @@ class FrozenBinaryLayer(nn.Module):
     scale: Tensor
     bits: Tensor
     bias: Tensor | None
+    act_threshold: Tensor | None
 
-    def _init_frozen(self, weight_shape: tuple[int, ...], bias: bool, binary_act: bool) -> None:
+    def _init_frozen(self, weight_shape: tuple[int, ...], bias: bool, binary_act: bool,
+                     in_channels: int, act_threshold: bool) -> None:
         self.weight_shape = tuple(int(d) for d in weight_shape)
         self.binary_act = binary_act
         self.packed = False
+        if act_threshold and not binary_act:
+            raise ExportError("an activation threshold needs binary activations (1W/1A)")
         self.register_buffer("sign", torch.ones(self.weight_shape))
         self.register_buffer("scale", torch.ones(self.weight_shape[0]))
         self.register_buffer("bias", torch.zeros(self.weight_shape[0]) if bias else None)
+        # A None buffer is left out of state_dict: models without thresholds
+        # keep exactly the keys (and packed files) they had before.
+        self.register_buffer("act_threshold",
+                             torch.zeros(in_channels) if act_threshold else None)
+
+    @property
+    def has_threshold(self) -> bool:
+        return self.act_threshold is not None
 
     @property
     def numel(self) -> int:
@@ -129,23 +153,38 @@ class FrozenBinaryLayer(nn.Module):
         return sign * self.scale.reshape(shape)
 
     def act(self, x: Tensor) -> Tensor:
-        return sign_activation(x) if self.binary_act else x
+        if not self.binary_act:
+            return x
+        if self.act_threshold is not None:
+            x = subtract_threshold(x, self.act_threshold)
+        return sign_activation(x)
 
-    def _load_frozen(self, sign: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+    def _load_frozen(self, sign: Tensor, scale: Tensor, bias: Tensor | None,
+                     threshold: Tensor | None = None) -> None:
         self.sign.copy_(sign.reshape(self.weight_shape))
         self.scale.copy_(scale.reshape(-1))
         if self.bias is not None and bias is not None:
             self.bias.copy_(bias)
+        if self.act_threshold is not None and threshold is not None:
+            self.act_threshold.copy_(threshold.reshape(-1))
+
+    def _act_config(self) -> dict[str, Any]:
+        # The key only when set: records of threshold-free layers (and the
+        # .irc files holding them) stay what older irconvert versions wrote.
+        return {"act_threshold": True} if self.has_threshold else {}
+
+    def _act_repr(self) -> str:
+        return ", act_threshold=True" if self.has_threshold else ""
 
 
 class FrozenBinaryConv2d(FrozenBinaryLayer):
-    """Inference-only binary conv: ``conv2d(sign(x), sign_w * scale) + bias``."""
+    """Inference-only binary conv: ``conv2d(sign(x - b), sign_w * scale) + bias``."""
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], *,
         stride: tuple[int, int] = (1, 1), padding: Any = (0, 0),
         dilation: tuple[int, int] = (1, 1), groups: int = 1, bias: bool = False,
-        binary_act: bool = True,
+        binary_act: bool = True, act_threshold: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -153,7 +192,7 @@ class FrozenBinaryConv2d(FrozenBinaryLayer):
         self.stride, self.padding = tuple(stride), padding
         self.dilation, self.groups = tuple(dilation), groups
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self._init_frozen(shape, bias, binary_act)
+        self._init_frozen(shape, bias, binary_act, in_channels, act_threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(self.act(x), self.weight(), self.bias, self.stride,  # type: ignore[arg-type]
@@ -166,22 +205,25 @@ class FrozenBinaryConv2d(FrozenBinaryLayer):
                 "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": padding,
                 "dilation": list(self.dilation), "groups": self.groups,
-                "bias": self.bias is not None, "binary_act": self.binary_act}
+                "bias": self.bias is not None, "binary_act": self.binary_act,
+                **self._act_config()}
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
-                f"act_bits={1 if self.binary_act else 32}, packed={self.packed}")
+                f"act_bits={1 if self.binary_act else 32}{self._act_repr()}, "
+                f"packed={self.packed}")
 
 
 class FrozenBinaryLinear(FrozenBinaryLayer):
-    """Inference-only binary linear: ``linear(sign(x), sign_w * scale) + bias``."""
+    """Inference-only binary linear: ``linear(sign(x - b), sign_w * scale) + bias``."""
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = False,
-                 binary_act: bool = True) -> None:
+                 binary_act: bool = True, act_threshold: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_frozen((out_features, in_features), bias, binary_act)
+        self._init_frozen((out_features, in_features), bias, binary_act, in_features,
+                          act_threshold)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.act(x), self.weight(), self.bias)
@@ -189,27 +231,32 @@ class FrozenBinaryLinear(FrozenBinaryLayer):
     def config(self) -> dict[str, Any]:
         return {"kind": "linear", "in_features": self.in_features,
                 "out_features": self.out_features, "bias": self.bias is not None,
-                "binary_act": self.binary_act}
+                "binary_act": self.binary_act, **self._act_config()}
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, "
-                f"act_bits={1 if self.binary_act else 32}, packed={self.packed}")
+                f"act_bits={1 if self.binary_act else 32}{self._act_repr()}, "
+                f"packed={self.packed}")
 
 
 def layer_from_config(cfg: dict[str, Any]) -> FrozenBinaryLayer:
-    """An empty frozen layer from its :meth:`config` record."""
+    """An empty frozen layer from its :meth:`config` record.
+
+    Records written before thresholds existed have no ``act_threshold``: none.
+    """
     cfg = dict(cfg)
     kind = cfg.pop("kind", None)
+    threshold = bool(cfg.get("act_threshold", False))
     if kind == "conv2d":
         padding = cfg.pop("padding")
         return FrozenBinaryConv2d(
             cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]),
             stride=tuple(cfg["stride"]), padding=padding if isinstance(padding, str)
             else tuple(padding), dilation=tuple(cfg["dilation"]), groups=cfg["groups"],
-            bias=cfg["bias"], binary_act=cfg["binary_act"])
+            bias=cfg["bias"], binary_act=cfg["binary_act"], act_threshold=threshold)
     if kind == "linear":
         return FrozenBinaryLinear(cfg["in_features"], cfg["out_features"], bias=cfg["bias"],
-                                  binary_act=cfg["binary_act"])
+                                  binary_act=cfg["binary_act"], act_threshold=threshold)
     raise ExportError(f"unknown binary layer kind {kind!r} in the packed file")
 
 
@@ -218,25 +265,42 @@ def freeze_layer(layer: nn.Module) -> FrozenBinaryLayer:
     """The frozen equivalent of one IR-Net layer.
 
     Raises:
-        ExportError: ``layer`` is not an IRConv2d/IRLinear.
+        ExportError: ``layer`` is not an IRConv2d/IRLinear, or its binarization
+            is switched off (a staged-training model between stages).
     """
     frozen: FrozenBinaryLayer
+    if isinstance(layer, IRLayer):
+        _check_binarizing(layer, type(layer).__name__)
     if isinstance(layer, IRConv2d):
         frozen = FrozenBinaryConv2d(
             layer.in_channels, layer.out_channels, layer.kernel_size,  # type: ignore[arg-type]
             stride=layer.stride, padding=layer.padding,  # type: ignore[arg-type]
             dilation=layer.dilation, groups=layer.groups,  # type: ignore[arg-type]
-            bias=layer.bias is not None, binary_act=layer.binary_act)
+            bias=layer.bias is not None, binary_act=layer.binary_act,
+            act_threshold=layer.act_threshold is not None)
     elif isinstance(layer, IRLinear):
         frozen = FrozenBinaryLinear(layer.in_features, layer.out_features,
-                                    bias=layer.bias is not None, binary_act=layer.binary_act)
+                                    bias=layer.bias is not None, binary_act=layer.binary_act,
+                                    act_threshold=layer.act_threshold is not None)
     else:
         raise ExportError(f"cannot freeze a {type(layer).__name__}: only IRConv2d and IRLinear")
     weight = layer.weight.detach().float().cpu()
     w_hat = standardize(weight)
+    threshold = layer.act_threshold
     frozen._load_frozen(binary_sign(w_hat), pow2_scale(w_hat),
-                        None if layer.bias is None else layer.bias.detach().float().cpu())
+                        None if layer.bias is None else layer.bias.detach().float().cpu(),
+                        None if threshold is None else threshold.detach().float().cpu())
     return frozen
+
+
+def _check_binarizing(layer: IRLayer, name: str) -> None:
+    # A frozen layer always binarizes; a layer that staged training left with
+    # float weights or inputs computes something else, so its export would
+    # not reproduce the model.
+    if not (layer.weights_on and layer.acts_on):
+        raise ExportError(f"{name} has its binarization switched off (staged training); "
+                          "call irconvert.nn.set_binarization(model, weights=True, "
+                          "activations=True) before exporting")
 
 
 def binary_layers(model: nn.Module) -> dict[str, FrozenBinaryLayer]:
@@ -261,7 +325,8 @@ def freeze(model: nn.Module) -> nn.Module:
         layers; its eval-mode outputs equal ``model.eval()``'s exactly.
 
     Raises:
-        ExportError: the model has no binarized layer.
+        ExportError: the model has no binarized layer, or a layer's
+            binarization is switched off (staged training).
 
     Example:
         >>> frozen = freeze(binarized_model)
@@ -271,6 +336,8 @@ def freeze(model: nn.Module) -> nn.Module:
     if not names and not already:
         raise ExportError("the model has no binarized layer; run binarize_ (or irconvert "
                           "train) first, or export the float model with torch.onnx directly")
+    for name in names:  # before the copy: a refused model costs nothing
+        _check_binarizing(model.get_submodule(name), name)  # type: ignore[arg-type]
     new = copy.deepcopy(model).cpu().float().eval()
     for name in names:
         _set_submodule(new, name, freeze_layer(new.get_submodule(name)))

@@ -3,7 +3,9 @@
 The exported graph is the frozen model (:func:`irconvert.export.freeze`):
 
 - binary activations: ``Where(x >= 0, 1, -1)`` (GreaterOrEqual + Where), so
-  ``sign(0) = +1`` exactly as in training;
+  ``sign(0) = +1`` exactly as in training; a layer with a learnt threshold
+  ``b`` first subtracts it per input channel (``Sub``), the same float
+  subtraction as training, so ``x - b >= 0 -> +1`` holds bit for bit;
 - binary weights, default mode: one float32 initializer per layer holding
   ``sign * 2**exponent`` (exactly the values training used);
 - binary weights, ``packed=True``: a uint8 initializer with the bits (layout
@@ -13,6 +15,8 @@ The exported graph is the frozen model (:func:`irconvert.export.freeze`):
   Both modes give identical outputs; packed files are ~10x smaller.
 - BatchNorm stays a BatchNormalization node (ONNX Runtime folds it into the
   preceding Conv when it builds the session).
+- RPReLU (``prelu(x - gamma) + zeta``, per channel) is ``Sub``, ``PRelu``
+  and ``Add`` with per-channel constants.
 
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), the
 supported path in torch >= 2.9, producing opset 18+. Opset 17 is produced by

@@ -27,6 +27,21 @@ Why each piece, as measured on this OpenVINO (2026.4) CPU plugin:
   byte ``i // 8``), the layout of the ``.irc`` format.
 - The per-channel magnitude is applied after the integer-valued binary
   convolution, so the convolution itself is exact.
+- A learnt activation threshold (``sign(x - b)``, exported as ``Sub``, which
+  OpenVINO reads as ``Add(x, -b)``) is folded into the FakeQuantize: per
+  channel ``in_low = in_high = nextafter(b, -inf)`` of shape (1, C, 1, 1).
+  In IEEE arithmetic ``x - b >= 0`` holds exactly when ``x >= b``, i.e.
+  ``x > nextafter(b, -inf)``, so the bits are those of training, with no
+  subtraction left in the graph. Any per-channel constant added right
+  before the sign is folded the same way (it is the same arithmetic).
+  A threshold that would be subnormal is replaced by 0 (for ``b > 0``) or
+  ``-FLT_MIN`` (otherwise), as above, so that it keeps working when the
+  plugin's denormals optimization (FTZ/DAZ) is on: only subnormal inputs
+  next to such a ``b`` could differ.
+
+RPReLU (``prelu(x - gamma) + zeta``, per channel) is exported as
+``Sub``/``PRelu``/``Add`` and OpenVINO runs it as PRelu plus additions
+(which the CPU plugin fuses into the neighbouring convolutions).
 
 Convolutions the kernel cannot run stay float convolutions of ``sign(x)``
 (numerically identical, not faster) and are reported: input channels not a
@@ -67,7 +82,8 @@ __all__ = [
     "to_openvino_model",
 ]
 
-_THRESHOLD = -np.finfo(np.float32).tiny
+_TINY = np.finfo(np.float32).tiny
+_THRESHOLD = -_TINY
 XML_NAME = "model.xml"
 
 
@@ -132,6 +148,48 @@ def _sign_source(select: Any) -> Any | None:
     return cond.input_value(0)
 
 
+def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """``value`` as ``channels`` floats when it broadcasts per channel over NCHW."""
+    if value.ndim > 4 or value.dtype.kind != "f":
+        return None
+    shape = (1,) * (4 - value.ndim) + value.shape
+    if shape[0] != 1 or shape[2:] != (1, 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float32)
+
+
+def _split_threshold(source: Any, channels: int) -> tuple[Any, np.ndarray | None]:
+    """``(x, b)`` when ``source`` computes ``x - b`` with a per-channel constant ``b``.
+
+    OpenVINO reads ONNX ``Sub(x, b)`` as ``Add(x, -b)``; both forms are
+    recognised. For anything else: ``(source, None)``.
+    """
+    node = source.get_node()
+    kind = node.get_type_name()
+    if kind not in ("Add", "Subtract"):
+        return source, None
+    for i in (1, 0) if kind == "Add" else (1,):
+        value = _const_value(node.input_value(i).get_node())
+        b = None if value is None else _per_channel(value, channels)
+        if b is not None:  # negation is exact: -(-b) is b
+            return node.input_value(1 - i), -b if kind == "Add" else b
+    return source, None
+
+
+def fq_thresholds(b: np.ndarray) -> np.ndarray:
+    """FakeQuantize thresholds ``t`` with ``(x > t) == (x - b >= 0)`` per channel.
+
+    ``t = nextafter(b, -inf)``. A subnormal ``t`` would read as 0 when the CPU
+    plugin flushes denormals (``CPU_DENORMALS_OPTIMIZATION``), sending exact
+    zeros to the wrong side; it becomes 0 for ``b > 0`` and ``-FLT_MIN``
+    otherwise (``b = 0`` gives ``-FLT_MIN``, the threshold of a plain
+    ``sign(x)``). Only subnormal ``x`` next to such a ``b`` can then differ.
+    """
+    b = np.asarray(b, np.float32)
+    t = np.nextafter(b, np.float32(-np.inf))
+    return np.where(np.abs(t) >= _TINY, t, np.where(b > 0, 0.0, _THRESHOLD)).astype(np.float32)
+
+
 def _u1_filters(ov: Any, signs: np.ndarray) -> Any:
     from irconvert.export.bits import pack_signs
 
@@ -158,7 +216,10 @@ def _replace_binary_convs(ov: Any, model: Any) -> int:
         if not np.all(flat == magnitude[:, None]):
             continue
         attrs = conv.get_attributes()
-        thr = ops.constant(scalar + _THRESHOLD)
+        source, b = _split_threshold(source, weights.shape[1])
+        # Without a threshold the graph stays as before: one scalar threshold.
+        thr = ops.constant(scalar + _THRESHOLD if b is None
+                           else fq_thresholds(b).reshape(1, -1, 1, 1))
         fq = ops.fake_quantize(source, thr, thr, ops.constant(scalar),
                                ops.constant(scalar + 1), 2)
         signs = np.where(weights >= 0, 1.0, -1.0).astype(np.float32)

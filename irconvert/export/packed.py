@@ -14,6 +14,10 @@ Tensors (safetensors, little-endian):
   (full-precision layers, binary-layer biases, BatchNorm weights and running
   statistics) flattened and concatenated in the order of the ``params``
   metadata. They are stored as they are (fp32), not quantized.
+  This includes each learnt activation threshold (``<layer>.act_threshold``,
+  one per input channel of a binary layer that has one) and the
+  ``shift_in``/``slope``/``shift_out`` of every RPReLU, so the signs and
+  activations of the loaded model are bit-for-bit the source model's.
 - any non-float tensor (an integer buffer) under its own state_dict name.
 
 The training-only ``num_batches_tracked`` counters and EDE ``ede_t``/``ede_k``
@@ -25,14 +29,23 @@ Metadata (the safetensors header's ``__metadata__``, all values strings):
 ``format`` (``irconvert-packed``), ``format_version``, ``arch``,
 ``num_classes``, ``binarize`` (BinarizeConfig dict as JSON), ``layers`` (JSON:
 binary layer name -> kind, constructor arguments and weight ``shape``, in
-blob order), ``params`` (JSON list of ``[state_dict key, shape]`` in blob
-order), ``bit_order`` (``little``), ``irconvert_version``, and, when
-known, ``preprocessing`` (JSON: the input normalisation, input size and eval
-resize/crop the model was trained with; see :mod:`irconvert.export.meta`).
+blob order; ``"act_threshold": true`` on layers with a threshold), ``params``
+(JSON list of ``[state_dict key, shape]`` in blob order), ``bit_order``
+(``little``), ``irconvert_version``, and, when known, ``preprocessing``
+(JSON: the input normalisation, input size and eval resize/crop the model
+was trained with; see :mod:`irconvert.export.meta`).
 
 Loading rebuilds the model by architecture name (``build_model`` +
-``binarize_`` with the stored config), swaps each binary layer for a frozen
-one and fills it from the bits: the logits equal the source model's.
+``binarize_`` with the stored config, whose ``block_act`` brings back the
+RPReLU modules), swaps each binary layer for a frozen one and fills it from
+the bits: the logits equal the source model's.
+
+Versions: a file with activation thresholds or RPReLU is format version 2,
+so an irconvert that cannot rebuild them says "upgrade" instead of failing
+on a tensor name. Any other file is written as version 1, as before: the
+``binarize`` fields added with version 2 (``act_threshold``, ``block_act``)
+are left out at their defaults, and a file without them reads as having the
+defaults (no thresholds, Hardtanh).
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ from irconvert.errors import ExportError, LoadError
 from irconvert.export.bits import BIT_ORDER, packed_nbytes, unpack_signs
 from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import (
+    FrozenBinaryLayer,
     _set_submodule,
     binary_layers,
     freeze,
@@ -73,7 +87,10 @@ __all__ = [
 ]
 
 FORMAT = "irconvert-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_PLAIN_VERSION = 1  # what a file without thresholds or RPReLU is written as
+# BinarizeConfig fields that version 1 files never hold, with their defaults.
+_V2_FIELDS: dict[str, Any] = {"act_threshold": False, "block_act": "hardtanh"}
 _DROPPED = ("num_batches_tracked", "ede_t", "ede_k")
 _BITS, _EXP, _PARAMS = "bits", "exponents", "params"
 
@@ -166,15 +183,53 @@ def _tensors_and_meta(
     tensors[_PARAMS] = torch.cat(flat) if flat else torch.zeros(0)
     from irconvert import __version__
 
+    binarize = _binarize_record(config)
+    version = _version_needed(frozen, layers, binarize)
     meta = {
-        "format": FORMAT, "format_version": str(FORMAT_VERSION), "arch": arch,
-        "num_classes": str(num_classes), "binarize": _compact(config.to_dict()),
+        "format": FORMAT, "format_version": str(version), "arch": arch,
+        "num_classes": str(num_classes), "binarize": _compact(binarize),
         "layers": _compact(records), "params": _compact(params),
         "bit_order": BIT_ORDER, "irconvert_version": __version__,
     }
     if preprocessing:
         meta[IRC_KEY] = encode_metadata(preprocessing)
     return tensors, meta
+
+
+def _has_rprelu(model: nn.Module) -> bool:
+    from irconvert.nn import RPReLU
+
+    return any(isinstance(m, RPReLU) for m in model.modules())
+
+
+def _binarize_record(config: BinarizeConfig) -> dict[str, Any]:
+    """``config.to_dict()`` without version-2 fields at their defaults."""
+    return {k: v for k, v in config.to_dict().items()
+            if not (k in _V2_FIELDS and v == _V2_FIELDS[k])}
+
+
+def _with_defaults(binarize: Any) -> Any:
+    """A stored ``binarize`` record with the version-2 fields it left out."""
+    if not isinstance(binarize, dict):  # damaged: BinarizeConfig.from_dict says so
+        return binarize
+    return {**binarize, **{k: v for k, v in _V2_FIELDS.items() if k not in binarize}}
+
+
+def _version_needed(frozen: nn.Module, layers: dict[str, FrozenBinaryLayer],
+                    binarize: dict[str, Any]) -> int:
+    if (_has_rprelu(frozen) or any(layer.has_threshold for layer in layers.values())
+            or any(k in binarize for k in _V2_FIELDS)):
+        return FORMAT_VERSION
+    return _PLAIN_VERSION
+
+
+def _check_config(frozen: nn.Module, config: BinarizeConfig) -> None:
+    # Loading re-runs binarize_ with ``config``: without block_act="rprelu" the
+    # rebuilt model has Hardtanh where these RPReLU parameters belong.
+    if _has_rprelu(frozen) and config.block_act != "rprelu":
+        raise ExportError("the model has RPReLU activations but its BinarizeConfig says "
+                          f"block_act={config.block_act!r}; pass the config it was "
+                          "converted with (block_act='rprelu')")
 
 
 def _compact(obj: Any) -> str:
@@ -203,7 +258,8 @@ def save_packed(
 
     Raises:
         ExportError: no architecture name, no binarized layer, bad metadata,
-            or the output exists.
+            RPReLU activations with a config that does not rebuild them, or
+            the output exists.
     """
     from safetensors.torch import save_file
 
@@ -213,6 +269,7 @@ def save_packed(
                           "and this model has none; export to onnx or openvino instead")
     preprocessing = check_metadata(metadata)
     frozen = model if binary_layers(model) and not _has_ir(model) else freeze(model)
+    _check_config(frozen, config)
     tensors, meta = _tensors_and_meta(frozen, arch, num_classes, config, preprocessing)
     with atomic_file(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -261,7 +318,8 @@ def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
         layers: dict[str, dict[str, Any]] = json.loads(meta["layers"])
         params: list[list[Any]] = json.loads(meta["params"])
         info = PackedInfo(path=str(p), arch=meta["arch"], num_classes=int(meta["num_classes"]),
-                          format_version=version, binarize=json.loads(meta["binarize"]),
+                          format_version=version,
+                          binarize=_with_defaults(json.loads(meta["binarize"])),
                           layers=layers, preprocessing=decode_metadata(meta.get(IRC_KEY), p))
     except (KeyError, ValueError) as exc:
         raise LoadError(f"{p}: damaged packed-model metadata ({exc})") from None

@@ -3,7 +3,9 @@
 Handles torch zip and legacy pickles (always onto the CPU: shared weights are
 often saved on CUDA), ``.safetensors``, training checkpoints that hold the
 weights under ``state_dict``/``model``/..., and the ``module.``/``_orig_mod.``
-prefixes that ``DataParallel`` and ``torch.compile`` add.
+prefixes that ``DataParallel`` and ``torch.compile`` add. These are users'
+full-precision files; irconvert's own run checkpoints are recognised with
+:mod:`irconvert.checkpoint` and sent there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from irconvert.checkpoint import is_checkpoint
 from irconvert.errors import LoadError
 
 __all__ = [
@@ -158,7 +161,7 @@ def _unwrap(
     if not isinstance(obj, Mapping):
         raise LoadError(f"{path} holds a {type(obj).__name__}, not a state_dict or model; "
                         "save model.state_dict() instead")
-    if obj.get("format") == "irconvert-checkpoint":
+    if is_checkpoint(obj):
         raise LoadError(f"{path} is an irconvert run checkpoint of a binarized model; pass it "
                         "to the commands that resume or export runs, or give the "
                         "full-precision model here")

@@ -10,6 +10,7 @@ from torch import nn
 
 from irconvert.errors import LoadError, UnknownArchitectureError
 from irconvert.models import cifar, digits
+from irconvert.models.heads import model_outputs, replace_classifier_
 
 __all__ = ["BUILTIN", "build_model", "builtin_names", "torchvision_names"]
 
@@ -117,7 +118,5 @@ def _build_timm(name: str, num_classes: int | None, pretrained: bool) -> nn.Modu
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:
-    from irconvert.convert.heads import model_outputs, replace_classifier_
-
     if model_outputs(model) != num_classes:
         replace_classifier_(model, num_classes)

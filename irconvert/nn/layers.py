@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from irconvert.functional import ede_sign, libra_pb
 
-__all__ = ["IRConv2d", "IRLayer", "IRLinear", "set_ede"]
+__all__ = ["IRConv2d", "IRLayer", "IRLinear", "set_binarization", "set_ede"]
 
 _EDE_KEYS = ("ede_t", "ede_k")
+THRESHOLD_KEY = "act_threshold"
 
 
 class IRLayer:
@@ -33,9 +34,15 @@ class IRLayer:
     binary_act: bool
     ede_t: Tensor
     ede_k: Tensor
+    act_threshold: nn.Parameter | None
 
     def _init_ir(self, binary_act: bool) -> None:
         self.binary_act = binary_act
+        # Staged training switches these off for a while (a "weights only" or
+        # "activations only" stage); the layer's kind (``binary_act``) stays.
+        self.weights_on = True
+        self.acts_on = True
+        self.act_threshold = None
         # ``register_buffer`` is on nn.Module, which every IRLayer also is.
         module: Any = self
         device = module.weight.device  # IRConv2d(..., device="cuda"): buffers there too
@@ -45,10 +52,41 @@ class IRLayer:
     def binary_weight(self) -> Tensor:
         """``sign(w_hat) * s``: the weight the forward pass really uses."""
         weight: Tensor = self.weight  # type: ignore[attr-defined]
+        if not self.weights_on:
+            return weight
         return libra_pb(weight, self.ede_t, self.ede_k)
 
     def binarize_input(self, x: Tensor) -> Tensor:
-        return ede_sign(x, self.ede_t, self.ede_k) if self.binary_act else x
+        """``sign(x - threshold)`` in 1W/1A (threshold per input channel, when learnt)."""
+        if not (self.binary_act and self.acts_on):
+            return x
+        if self.act_threshold is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 2 else (1, -1)
+            # In the input's dtype: under bf16 autocast the subtraction must
+            # not promote the whole activation tensor to fp32.
+            x = x - self.act_threshold.to(x.dtype).view(shape)
+        return ede_sign(x, self.ede_t, self.ede_k)
+
+    def enable_act_threshold(self, init: Tensor | None = None) -> nn.Parameter:
+        """Add (or reset) the learnable per-input-channel threshold before the sign.
+
+        ReActNet's RSign: ``sign(x - b_c)``. ``init`` (default zeros) is
+        typically the per-channel median of real inputs, so every channel's
+        bits start balanced (:func:`irconvert.train.calibrate.init_act_thresholds`).
+        """
+        if not self.binary_act:
+            raise ValueError("activation thresholds need binary activations (1W/1A)")
+        weight: Tensor = self.weight  # type: ignore[attr-defined]
+        channels = weight.shape[1] * getattr(self, "groups", 1)
+        value = torch.zeros(channels, device=weight.device, dtype=weight.dtype)
+        if init is not None:
+            value.copy_(init.reshape(channels))
+        if self.act_threshold is None:
+            self.act_threshold = nn.Parameter(value)
+        else:
+            with torch.no_grad():
+                self.act_threshold.copy_(value)
+        return self.act_threshold
 
     @property
     def act_bits(self) -> int:
@@ -57,6 +95,10 @@ class IRLayer:
     def _fill_missing_ede(self, state_dict: dict[str, Any], prefix: str) -> None:
         for key in _EDE_KEYS:
             state_dict.setdefault(prefix + key, getattr(self, key).detach().clone())
+        # A checkpoint trained with thresholds creates them here, so any
+        # model rebuilt from its architecture loads it strictly.
+        if prefix + THRESHOLD_KEY in state_dict and self.act_threshold is None:
+            self.enable_act_threshold()
 
 
 def _adopt(new: nn.Module, old: nn.Module, ede: bool) -> None:
@@ -156,6 +198,20 @@ class IRLinear(IRLayer, nn.Linear):
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         self._fill_missing_ede(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def set_binarization(model: nn.Module, *, weights: bool, activations: bool) -> int:
+    """Switch binarization of weights / activations on or off in every IR-Net layer.
+
+    For staged training: off means the layer computes with its latent float
+    weights (or its float inputs). Returns how many layers were set.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, IRLayer):
+            module.weights_on, module.acts_on = weights, activations
+            count += 1
+    return count
 
 
 def set_ede(model: nn.Module, t: float, k: float) -> int:

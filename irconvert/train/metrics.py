@@ -30,6 +30,7 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def plot_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Loss, top-1 and lr / EDE t against epoch, as one PNG (matplotlib Agg)."""
     import io
+    import itertools
 
     import matplotlib
 
@@ -54,6 +55,13 @@ def plot_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     ax_t.plot(epochs, [r["t"] for r in rows], color="tab:red", label="t")
     ax_t.set_yscale("log")
     ax_t.legend(loc="center right", fontsize="small")
+    # staged recipes: a dotted line where each new stage starts, named on the accuracy plot
+    for prev, row in itertools.pairwise(rows):
+        if row.get("stage") != prev.get("stage"):
+            for ax in (ax_loss, ax_acc, ax_lr):
+                ax.axvline(row["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
+            ax_acc.annotate(str(row["stage"]), (row["epoch"] + 0.5, 0.02),
+                            xycoords=("data", "axes fraction"), fontsize="small", color="grey")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
         ax.legend(loc="best", fontsize="small")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from irconvert.train.recipe import OptimizerConfig, ScheduleConfig
+from irconvert.config import OptimizerConfig, ScheduleConfig
 
 __all__ = ["build_optimizer", "lr_factor_fn", "param_groups"]
 
@@ -49,9 +49,11 @@ def lr_factor_fn(cfg: ScheduleConfig, base_lr: float, total_steps: int,
     def factor(step: int) -> float:
         if step < warmup:
             return start + (1.0 - start) * step / warmup
-        if cfg.name == "cosine":
+        if cfg.name in ("cosine", "linear"):
             span = max(total_steps - warmup, 1)
             progress = min((step - warmup) / span, 1.0)
+            if cfg.name == "linear":
+                return floor + (1.0 - floor) * (1.0 - progress)
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if cfg.name == "step":
             return float(cfg.gamma ** sum(step >= m for m in milestones))

@@ -42,7 +42,10 @@ class NullProgress:
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     val = (f" val_loss {row['val_loss']:.4f} val_top1 {row['val_top1']:.2f} "
            f"val_top5 {row['val_top5']:.2f}" if row.get("val_top1") is not None else "")
-    return (f"epoch {row['epoch'] + 1}/{epochs} loss {row['train_loss']:.4f} "
+    # staged recipes name their stages; a plain recipe's single stage is "1"
+    stage = (f"[{row['stage']}: {row.get('binarize', '')}] "
+             if row.get("stage") not in (None, "1") else "")
+    return (f"epoch {row['epoch'] + 1}/{epochs} {stage}loss {row['train_loss']:.4f} "
             f"top1 {row['train_top1']:.2f}{val} lr {row['lr']:.4g} t {row['t']:.4g} "
             f"k {row['k']:.4g} {row['images_per_s']:.0f} img/s {row['time']:.1f}s")
 
@@ -108,7 +111,9 @@ class RichProgress(PlainProgress):
         info = (f"val top-1 {row['val_top1']:.2f}%" if row.get("val_top1") is not None
                 else f"train top-1 {row['train_top1']:.2f}%")
         self.bars.update(self.epoch_task, advance=1, info=info)
-        self.bars.console.print(_epoch_line(row, self.epochs), highlight=False)
+        # soft_wrap: a log line stays one line in a pipe or file (rich would
+        # otherwise wrap it at 80 columns there, between a field and its value).
+        self.bars.console.print(_epoch_line(row, self.epochs), highlight=False, soft_wrap=True)
 
     def log(self, message: str) -> None:
         self.bars.console.print(message, highlight=False, soft_wrap=True)

@@ -26,9 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from irconvert.checkpoint import atomic_save, new_checkpoint
+from irconvert.checkpoint import CONFIG as RUN_CONFIG
+from irconvert.checkpoint import (
+    atomic_save,
+    check_new_run,
+    load_resume_state,
+    new_checkpoint,
+    read_run_dir,
+)
+from irconvert.config import StageConfig, TrainConfig
 from irconvert.convert import ConversionReport, binarize_
-from irconvert.convert.heads import model_channels, model_outputs, replace_classifier_
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.data.loaders import (
     AugmentedDataset,
@@ -41,13 +48,15 @@ from irconvert.data.loaders import (
 )
 from irconvert.errors import ConfigError, DataError, IRConvertError, LoadError
 from irconvert.functional import ede_schedule
-from irconvert.nn import set_ede
+from irconvert.models.heads import model_channels, model_outputs, replace_classifier_
+from irconvert.nn import set_binarization, set_ede
 from irconvert.train.distributed import all_reduce_sum, cleanup, init_distributed
 from irconvert.train.evaluate import EvalResult, _autocast, evaluate
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.optim import build_optimizer, lr_factor_fn
+from irconvert.train.precision import resolve_amp
 from irconvert.train.progress import Progress, make_progress
-from irconvert.train.recipe import TrainConfig, load_recipe, save_recipe
+from irconvert.train.recipe import load_recipe, save_recipe
 from irconvert.train.rng import get_rng_state, plain_rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -65,6 +74,10 @@ class TrainingInterrupted(IRConvertError):
     """Training stopped on request (Ctrl-C, SIGTERM); ``last.pt`` was saved."""
 
 
+class TrainingDiverged(IRConvertError):
+    """The loss became NaN or infinite; ``last.pt`` holds the last good epoch."""
+
+
 @dataclass
 class FitResult:
     """What a finished run reports."""
@@ -78,6 +91,9 @@ class FitResult:
     wall_time: float
     epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    # top-1 before any training: right after conversion, then after the
+    # threshold / BatchNorm calibration (only when asked: two evaluations)
+    start: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,18 +163,24 @@ class Trainer:
                  source: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
                  replace_classifier: bool = False, progress: Progress | None = None,
                  quiet: bool = False, on_step: Callable[[Trainer], None] | None = None,
-                 evaluate_fp: bool = True) -> None:
+                 evaluate_fp: bool = True, evaluate_start: bool = False) -> None:
         self.recipe, self.data, self.out_dir = recipe, data, Path(out_dir)
         self.arch, self.source, self.run_info = arch, source or {}, run_info or {}
         self.on_step = on_step
+        self.evaluate_start = evaluate_start
+        self.start_top1: dict[str, float] = {}
         self.device = resolve_device(recipe.device)
         self.env = init_distributed(self.device)
         if self.device.type == "cuda" and self.env.distributed and recipe.device == "auto":
             self.device = torch.device("cuda", self.env.local_rank)
         self.progress = progress or make_progress(quiet=quiet, is_main=self.env.is_main)
         self.stop_requested = False
-        self.use_amp = recipe.amp if self.device.type == "cuda" else "none"
-        self.channels_last = recipe.channels_last and self.device.type == "cuda"
+        self.use_amp = resolve_amp(self.device, recipe.amp)
+        if self.use_amp != recipe.amp:
+            self.progress.log(f"note: amp {recipe.amp} is not available on this "
+                              f"{self.device.type}; training in fp32")
+        self.channels_last = recipe.channels_last
+        self.stages: tuple[StageConfig, ...] = recipe.stage_list()
         if data.train is None:
             raise DataError(f"{data.name}: no train/ split to fine-tune on")
 
@@ -179,25 +201,32 @@ class Trainer:
         model = model.to(self.device)
         if evaluate_fp:  # every rank takes part (the sums are all-reduced)
             self.fp_result = evaluate(model, self.val_loader, self.device, env=self.env)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False) if recipe.distill else None
+        uses_teacher = any(st.distill is not None for st in self.stages)
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if uses_teacher else None
         self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False, probe=True)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+            if teacher is not None:
+                teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         self.model = model
+        self.teacher = teacher
+        self.teacher_fn: Any = teacher
+        # Block-output matching reads forward hooks, which compiled graphs skip.
+        self.compile = recipe.compile and not any(
+            st.distill is not None and st.distill.features > 0 for st in self.stages)
+        if recipe.compile and not self.compile:
+            self.progress.log("note: distill.features needs the eager model; not compiling")
+        if teacher is not None and self.compile:
+            self.teacher_fn = torch.compile(teacher)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.distill: nn.Module | None = None
-        if teacher is not None and recipe.distill is not None:
-            from irconvert.train.distill import DistillationLoss
-
-            self.distill = DistillationLoss(teacher, alpha=recipe.distill.alpha,
-                                            temperature=recipe.distill.temperature)
         self.forward_model: nn.Module = model
         if self.env.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = DDP(model, device_ids=ids)
-        if recipe.compile:
+        if self.compile:
             self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
 
         self.steps_per_epoch = len(self.train_loader)
@@ -209,10 +238,12 @@ class Trainer:
         else:
             self.total_steps = recipe.epochs * self.steps_per_epoch
             self.epochs = recipe.epochs
-        self.optimizer = build_optimizer(model, recipe.optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor_fn(recipe.schedule, recipe.optimizer.lr,
-                                         self.total_steps, self.steps_per_epoch))
+        # Stage i covers epochs [starts[i], starts[i + 1]).
+        self.stage_starts = [0]
+        for st in self.stages[:-1]:
+            self.stage_starts.append(self.stage_starts[-1] + st.epochs)
+        self.stage_index = -1  # no stage entered yet
+        self._enter_stage(0, fresh=True, transition=False)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp == "fp16")
         self.epoch = 0
         self.step_in_epoch = 0
@@ -220,6 +251,9 @@ class Trainer:
         self.best_top1 = -1.0
         self.history: list[dict[str, Any]] = []
         self._partial: list[float] = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, n, secs
+        # Thresholds are set from data once, when activations first binarize;
+        # a resumed run has them in its weights already.
+        self._thresholds_set = False
 
     # -- data ---------------------------------------------------------------
     def _build_loaders(self) -> None:
@@ -255,13 +289,89 @@ class Trainer:
         if isinstance(getattr(self, "train_set", None), AugmentedDataset):
             self.train_set.set_epoch(epoch)
 
+    # -- stages -------------------------------------------------------------------
+    def stage_of(self, epoch: int) -> int:
+        """The index of the stage that epoch ``epoch`` belongs to."""
+        return max(i for i, start in enumerate(self.stage_starts) if start <= min(
+            epoch, self.epochs - 1))
+
+    def _stage_steps(self, i: int) -> int:
+        if len(self.stages) == 1:
+            return self.total_steps
+        return self.stages[i].epochs * self.steps_per_epoch
+
+    def _enter_stage(self, i: int, *, fresh: bool, transition: bool) -> None:
+        """Make stage ``i`` current: what is binarized, the loss, a new optimizer.
+
+        ``fresh``: the stage starts now (its optimizer starts from scratch);
+        otherwise the caller loads the saved optimizer state next.
+        ``transition``: re-estimate BatchNorm (and set thresholds first).
+        """
+        stage = self.stages[i]
+        self.stage_index = i
+        mode = stage.binarize
+        set_binarization(self.model, weights=mode in ("both", "weights"),
+                         activations=mode in ("both", "activations"))
+        if fresh and transition and len(self.stages) > 1:
+            name = stage.name or f"stage {i + 1}"
+            self.progress.log(f"stage {i + 1}/{len(self.stages)} '{name}': binarize {mode}, "
+                              f"{stage.epochs} epochs")
+        if transition:
+            self._calibrate()
+        old = getattr(self.distill, "features", None) if self.distill is not None else None
+        if old is not None:
+            old.remove()
+        self.distill = None
+        if self.teacher is not None and stage.distill is not None:
+            from irconvert.train.distill import DistillationLoss, FeatureMatcher
+
+            d = stage.distill
+            features = None
+            if d.features > 0:
+                features = FeatureMatcher(self.model, self.teacher, self.report.blocks,
+                                          d.features)
+            self.distill = DistillationLoss(self.teacher, alpha=d.alpha,
+                                            temperature=d.temperature, kind=d.kind,
+                                            teacher_fn=self.teacher_fn, features=features)
+        assert stage.optimizer is not None and stage.schedule is not None
+        self.optimizer = build_optimizer(self.model, stage.optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor_fn(stage.schedule, stage.optimizer.lr,
+                                         self._stage_steps(i), self.steps_per_epoch))
+
     # -- EDE and state ----------------------------------------------------------
+    def _ede_progress(self) -> tuple[float, float, Any]:
+        """(position, length, EDE config) of the current EDE schedule.
+
+        One schedule runs over all the stages that binarize something (in
+        steps or epochs, as ``ede.per`` says), unless the stage has its own.
+        """
+        stage = self.stages[self.stage_index]
+        per_step = (stage.ede or self.recipe.ede).per == "step"
+        unit = 1 if per_step else self.steps_per_epoch
+        pos = (self.global_step if per_step else self.epoch * self.steps_per_epoch)
+        if stage.ede is not None:
+            start = self.stage_starts[self.stage_index] * self.steps_per_epoch
+            return (pos - start) / unit, self._stage_steps(self.stage_index) / unit, stage.ede
+        if len(self.stages) == 1:
+            length = self.total_steps if per_step else self.epochs * self.steps_per_epoch
+            return pos / unit, length / unit, self.recipe.ede
+        done, length = 0, 0
+        for j, st in enumerate(self.stages):
+            if st.binarize == "none" or st.ede is not None:
+                continue
+            steps = self._stage_steps(j)
+            start = self.stage_starts[j] * self.steps_per_epoch
+            if j < self.stage_index:
+                done += steps
+            elif j == self.stage_index:
+                done += pos - start
+            length += steps
+        return done / unit, max(length, 1) / unit, self.recipe.ede
+
     def _update_ede(self) -> tuple[float, float]:
-        ede = self.recipe.ede
-        if ede.per == "step":
-            t, k = ede_schedule(self.global_step, self.total_steps, ede.t_min, ede.t_max)
-        else:
-            t, k = ede_schedule(self.epoch, self.epochs, ede.t_min, ede.t_max)
+        pos, length, ede = self._ede_progress()
+        t, k = ede_schedule(pos, length, ede.t_min, ede.t_max)
         set_ede(self.model, t, k)
         return t, k
 
@@ -278,7 +388,8 @@ class Trainer:
             history=self.history, partial=list(self._partial),
             report=self.report.to_dict(), normalization={"mean": list(self.mean),
                                                          "std": list(self.std)},
-            classes=list(self.data.classes),
+            classes=list(self.data.classes), stage=self.stage_index,
+            thresholds_set=self._thresholds_set,
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -292,11 +403,18 @@ class Trainer:
         except RuntimeError as exc:
             raise LoadError(f"last.pt does not fit the model: "
                             f"{str(exc).splitlines()[0]}") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        self._thresholds_set = bool(ckpt.get("thresholds_set", True))
+        saved_stage = int(ckpt.get("stage", 0))
+        current = self.stage_of(self.epoch)
+        if current == saved_stage or self.epoch >= self.epochs:
+            self._enter_stage(saved_stage, fresh=False, transition=False)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # saved at the end of a stage: the next one starts now, as it would have
+            self._enter_stage(current, fresh=True, transition=True)
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         self.global_step = int(ckpt["step"])
         self.best_top1 = float(ckpt["metrics"]["best_top1"])
         fp = ckpt["metrics"].get("fp")
@@ -327,6 +445,17 @@ class Trainer:
         result: Tensor = self.criterion(logits.float(), targets)
         return result
 
+    def _quick_eval(self) -> EvalResult:
+        return evaluate(self.model, self.val_loader, self.device, env=self.env,
+                        amp=self.use_amp, channels_last=self.channels_last)
+
+    def _diverged(self, value: float) -> None:
+        """Stop with one line; ``last.pt`` (end of the last good epoch) is left as it was."""
+        raise TrainingDiverged(
+            f"the loss became {value} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}; "
+            f"{self.out_dir / 'last.pt'} holds the last good epoch. Lower optimizer.lr, "
+            "set grad_clip (e.g. 1.0) or amp: none, then start again or resume")
+
     def _stop_everywhere(self) -> bool:
         if not self.env.distributed:
             return self.stop_requested
@@ -342,18 +471,43 @@ class Trainer:
             for buf in self.model.buffers():
                 dist.broadcast(buf, 0)
 
-    def _recalibrate_bn(self) -> None:
+    def _calibrate(self) -> None:
+        """Data-initialise activation thresholds (once), then re-estimate BatchNorm.
+
+        Both run on the training split's first batches of epoch 0 (the same
+        ones whenever they run, so a resumed run repeats them exactly).
+        """
         steps = self.recipe.bn_recalibration
+        from irconvert.train.bn import recalibrate_bn
+        from irconvert.train.calibrate import init_act_thresholds
+
+        acts_on = any(getattr(m, "acts_on", False) and getattr(m, "binary_act", False)
+                      for m in self.model.modules())
+        if acts_on and not self._thresholds_set:
+            self._set_epoch(0, 0)
+            with _autocast(self.device, self.use_amp):
+                n = init_act_thresholds(self.model, self.train_loader, max(steps, 10),
+                                        self.device)
+            self._thresholds_set = True
+            if n:
+                self._sync_buffers_and_params()
+                self.progress.log(f"activation thresholds set from data in {n} layers "
+                                  "(balanced bits per channel)")
         if steps <= 0:
             return
-        from irconvert.train.bn import recalibrate_bn
-
         self._set_epoch(0, 0)
         with _autocast(self.device, self.use_amp):
             used = recalibrate_bn(self.model, self.train_loader, steps, self.device)
         self._sync_buffers()
         if used:
             self.progress.log(f"BatchNorm statistics re-estimated on {used} training batches")
+
+    def _sync_buffers_and_params(self) -> None:
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            for p in self.model.parameters():
+                dist.broadcast(p.data, 0)
 
     def _train_epoch(self) -> dict[str, Any]:
         r = self.recipe
@@ -379,6 +533,8 @@ class Trainer:
             with _autocast(self.device, self.use_amp):
                 logits = self.forward_model(inputs)
                 loss = self._loss(inputs, logits, targets)
+            if not torch.isfinite(loss.detach()):
+                self._diverged(float(loss.detach()))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if r.grad_clip > 0:
@@ -411,7 +567,9 @@ class Trainer:
         loss_sum, c1_sum, c5_sum, n_sum = all_reduce_sum(
             [loss_sum, c1_sum, c5_sum, n_sum], self.device, self.env)
         n = max(n_sum, 1.0)
-        return {"epoch": self.epoch, "train_loss": loss_sum / n,
+        stage = self.stages[self.stage_index]
+        return {"epoch": self.epoch, "stage": stage.name or str(self.stage_index + 1),
+                "binarize": stage.binarize, "train_loss": loss_sum / n,
                 "train_top1": 100.0 * c1_sum / n, "train_top5": 100.0 * c5_sum / n,
                 "lr": lr, "t": t, "k": k, "images_per_s": n / max(secs, 1e-9), "time": secs}
 
@@ -426,17 +584,25 @@ class Trainer:
         if resume is None:
             for line in self.report.warnings:
                 self.progress.log(f"warning: {line}")
-            self._recalibrate_bn()
+            if self.evaluate_start:
+                self.start_top1["converted"] = self._quick_eval().top1
+            self._calibrate()
+            if self.evaluate_start:
+                self.start_top1["calibrated"] = self._quick_eval().top1
+                self.progress.log("top-1 before training: {converted:.2f}% as converted, "
+                                  "{calibrated:.2f}% after calibration".format(**self.start_top1))
         self.progress.start(self.epochs, self.epoch)
         try:
             with _stop_signals(self):
                 while self.epoch < self.epochs and self.global_step < self.total_steps:
+                    stage = self.stage_of(self.epoch)
+                    if stage != self.stage_index:
+                        self._enter_stage(stage, fresh=True, transition=True)
                     row = self._train_epoch()
                     last = (self.epoch + 1 >= self.epochs
                             or self.global_step >= self.total_steps)
                     if (self.epoch + 1) % self.recipe.eval_every == 0 or last:
-                        ev = evaluate(self.model, self.val_loader, self.device, env=self.env,
-                                      amp=self.use_amp, channels_last=self.channels_last)
+                        ev = self._quick_eval()
                         row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
                     else:
                         row.update(val_loss=None, val_top1=None, val_top5=None)
@@ -470,6 +636,7 @@ class Trainer:
             fp_top5=self.fp_result.top5 if self.fp_result else None,
             best_top1=self.best_top1, final=final, report=self.report.to_dict(),
             wall_time=time.perf_counter() - start, epochs=self.epochs, history=self.history,
+            start=dict(self.start_top1),
         )
 
 
@@ -478,7 +645,7 @@ def fit(model: nn.Module, data: DataBundle | str, recipe: TrainConfig,
         source: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
         replace_classifier: bool = False, quiet: bool = False, progress: Progress | None = None,
         on_step: Callable[[Trainer], None] | None = None, download: bool = False,
-        evaluate_fp: bool = True) -> FitResult:
+        evaluate_fp: bool = True, evaluate_start: bool = False) -> FitResult:
     """Binarize ``model`` and fine-tune it on ``data`` as ``recipe`` says.
 
     Args:
@@ -499,18 +666,15 @@ def fit(model: nn.Module, data: DataBundle | str, recipe: TrainConfig,
     out = Path(out_dir)
     ckpt = None
     if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise LoadError(f"{out}: no last.pt to resume from")
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    elif (out / "last.pt").exists():
-        raise ConfigError(f"{out}: already holds a run (last.pt); pass --resume to continue "
-                          "it or choose another --out")
+        ckpt = load_resume_state(out)
+    else:
+        check_new_run(out)
     if isinstance(data, str):
         data = open_data(data, channels=model_channels(model), download=download)
     trainer = Trainer(model, data, recipe, out, arch=arch, source=source, run_info=run_info,
                       replace_classifier=replace_classifier, quiet=quiet, progress=progress,
-                      on_step=on_step, evaluate_fp=evaluate_fp and ckpt is None)
+                      on_step=on_step, evaluate_fp=evaluate_fp and ckpt is None,
+                      evaluate_start=evaluate_start)
     try:
         return trainer.run(resume=ckpt)
     finally:
@@ -546,16 +710,9 @@ def binarize_and_train(source: str, data: str, recipe: TrainConfig,
 def resume_run(run_dir: str | os.PathLike[str], *, overrides: TrainConfig | None = None,
                **kwargs: Any) -> FitResult:
     """Continue the run in ``run_dir`` from its ``config.yaml``, ``run.yaml`` and ``last.pt``."""
-    import yaml
-
     run = Path(run_dir)
-    for name in ("config.yaml", "run.yaml", "last.pt"):
-        if not (run / name).is_file():
-            raise LoadError(f"{run}: not a run directory (no {name})")
-    recipe = overrides or load_recipe(run / "config.yaml")
-    info = yaml.safe_load((run / "run.yaml").read_text(encoding="utf-8")) or {}
-    if not info.get("model"):
-        raise LoadError(f"{run / 'run.yaml'}: no 'model' entry; resume through the Python API")
+    info = read_run_dir(run)
+    recipe = overrides or load_recipe(run / RUN_CONFIG)
     return binarize_and_train(
         info["model"], info["data"], recipe, run, arch=info.get("arch"),
         num_classes=info.get("num_classes"), pretrained=bool(info.get("pretrained")),

@@ -8,6 +8,7 @@ from typing import ClassVar
 import pytest
 import torch
 
+from irconvert.config import DataConfig
 from irconvert.data import (
     GPUCachedLoader,
     ResumableSampler,
@@ -17,7 +18,6 @@ from irconvert.data import (
 )
 from irconvert.data.loaders import images_as_uint8
 from irconvert.errors import ConfigError, DataError
-from irconvert.train.recipe import DataConfig
 from tests._train_helpers import make_imagefolder
 
 

@@ -14,8 +14,9 @@ from irconvert.train.recipe import (
     recipe_from_dict,
     save_recipe,
 )
+from tests.conftest import REPO
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
 def test_all_shipped_recipes_exist() -> None:
@@ -69,7 +70,7 @@ def test_paper_settings() -> None:
     ({"binarize": {"keep_stem": "yes"}},
      "field 'binarize.keep_stem' must be true or false, got 'yes'"),
     ({"ede": {"per": "batch"}}, "field 'ede.per' must be one of epoch, step, got 'batch'"),
-    ({"ede": {"t_min": 20}}, "ede: t_min (20.0) must not exceed t_max (10.0)"),
+    ({"ede": {"t_min": 20}}, "field 'ede.t_min' must be at most ede.t_max (10.0), got 20.0"),
     ({"schedule": {"name": "step"}}, "field 'schedule.milestones' must be a non-empty list"),
     ({"schedule": {"milestones": [5, 2]}}, "field 'schedule.milestones' must be an increasing"),
     ({"data": {"mean": [0.5, 0.5]}}, "field 'data.mean'"),

@@ -20,8 +20,7 @@ from irconvert.convert import ConversionReport, binarize, binarize_, plan, unbin
 from irconvert.convert.surgery import RELU_WARNING
 from irconvert.errors import ConversionError, IRConvertError
 from irconvert.nn import IRConv2d, IRLayer, IRLinear, set_ede
-
-from .conftest import TinyNet
+from tests.conftest import TinyNet
 
 SIZE = 32  # every panel model runs at 32x32 (ViT is built with img_size=32)
 

@@ -15,7 +15,7 @@ from irconvert.errors import ExportError
 from irconvert.export.onnx_export import export_onnx
 from irconvert.export.runtime import load_predictor
 from tests.conftest import RESNET20, TinyNet
-from tests.test_export_packed import binarized
+from tests.export.test_packed import binarized
 
 ort = pytest.importorskip("onnxruntime")
 

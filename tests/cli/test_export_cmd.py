@@ -15,7 +15,7 @@ from irconvert.checkpoint import atomic_save, model_from_checkpoint, new_checkpo
 from irconvert.cli import app
 from irconvert.export.runtime import load_predictor
 from irconvert.models import build_model
-from tests.test_export_packed import binarized
+from tests.export.test_packed import binarized
 
 runner = CliRunner()
 

@@ -14,8 +14,7 @@ from irconvert.convert import binarize_
 from irconvert.errors import ConfigError
 from irconvert.models import BUILTIN, build_model, cifar_resnet
 from irconvert.nn import IRConv2d, IRLayer
-
-from .conftest import WEIGHTS, need_shared
+from tests.conftest import WEIGHTS, need_shared
 
 # He et al. (2016) Table 6 / the shared weights' README
 PARAMS = {

@@ -20,7 +20,7 @@ from irconvert.export.meta import ONNX_KEY, check_metadata, decode_metadata
 from irconvert.export.packed import describe_packed, save_packed
 from irconvert.export.runtime import load_predictor
 from tests._train_helpers import make_imagefolder
-from tests.test_export_packed import binarized
+from tests.export.test_packed import binarized
 
 runner = CliRunner()
 NORM = {"mean": [0.5], "std": [0.25]}  # digits-like: one channel, not ImageNet

@@ -19,9 +19,9 @@ from irconvert.export.openvino_export import (
 )
 from irconvert.export.runtime import load_predictor
 from tests.conftest import RESNET20, TinyNet
-from tests.test_export_freeze import randomize_bn
-from tests.test_export_onnx import assert_parity, first_binary
-from tests.test_export_packed import binarized
+from tests.export.test_freeze import randomize_bn
+from tests.export.test_onnx import assert_parity, first_binary
+from tests.export.test_packed import binarized
 
 pytestmark = pytest.mark.openvino
 

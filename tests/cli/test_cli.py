@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from irconvert.cli import app
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["inspect", "binarize", "eval", "demo", "export", "bench"]
 runner = CliRunner()
 
@@ -64,7 +64,7 @@ def test_debug_shows_the_traceback() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["binarize", "model.pth"],                       # a required option missing
+    ["binarize", "model.pth", "--data", "digits"],   # a required option (--out) missing
     ["inspect"],                                     # a required argument missing
     ["inspect", "cifar_resnet20", "--act-bits", "x"],  # a value of the wrong type
     ["no-such-command"],

@@ -15,7 +15,7 @@ from irconvert.export.freeze import binary_layers
 from irconvert.export.packed import describe_packed, load_packed, save_packed
 from irconvert.models import build_model
 from tests.conftest import RESNET20
-from tests.test_export_freeze import randomize_bn
+from tests.export.test_freeze import randomize_bn
 
 
 def binarized(arch: str, num_classes: int, weights: Path | None = None,

@@ -1,0 +1,261 @@
+"""The training recipe: :class:`TrainConfig` and its sections.
+
+A recipe file (YAML, see :mod:`irconvert.train.recipe`) is a mapping whose
+keys are the fields of :class:`TrainConfig`; the nested sections
+(``optimizer``, ``schedule``, ``ede``, ``binarize``, ``data``, ``distill``,
+``stages``) are mappings of their own. Run checkpoints keep the recipe as
+``TrainConfig.to_dict()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from irconvert.config.base import FieldError, Section, nonneg, positive, unit, unit_open
+from irconvert.config.binarize import BinarizeConfig, EDEConfig
+
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "StageConfig",
+    "TrainConfig",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig(Section):
+    """Optimizer. Weight decay never applies to BatchNorm parameters or biases.
+
+    Args:
+        name: ``sgd``, ``adam`` or ``adamw``.
+        lr: peak learning rate (after warmup).
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        weight_decay: L2 / decoupled decay on conv and linear weights only.
+        betas: Adam/AdamW betas.
+    """
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = positive(default=0.1)
+    momentum: float = unit_open(default=0.9)
+    nesterov: bool = False
+    weight_decay: float = nonneg(default=1e-4)
+    betas: tuple[float, float] = unit_open(default=(0.9, 0.999))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig(Section):
+    """Learning-rate schedule, optionally after a linear warmup.
+
+    Args:
+        name: ``cosine`` (to ``min_lr`` at the end), ``linear`` (straight
+            down to ``min_lr``, as ReActNet), ``step`` (x ``gamma`` at each
+            milestone) or ``constant``.
+        unit: whether ``milestones`` and warmup count ``epoch`` s or ``step`` s.
+        milestones: for ``step``: where the lr is multiplied by ``gamma``.
+        gamma: the factor at each milestone.
+        warmup: length of the linear warmup, in ``unit`` s (0: none).
+        warmup_start_lr: lr at the start of warmup (0 when null).
+        min_lr: final lr of the cosine schedule.
+    """
+
+    name: Literal["cosine", "linear", "step", "constant"] = "cosine"
+    unit: Literal["epoch", "step"] = "epoch"
+    milestones: tuple[int, ...] = nonneg(default=())
+    gamma: float = positive(default=0.1)
+    warmup: int = nonneg(default=0)
+    warmup_start_lr: float | None = nonneg(default=None)
+    min_lr: float = nonneg(default=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(Section):
+    """Preprocessing and augmentation.
+
+    Args:
+        mean, std: per-channel normalisation, or ``model``: the model's own
+            (timm ``pretrained_cfg``; ImageNet statistics otherwise, which is
+            what the shared CIFAR-10 ResNet weights were trained with).
+        crop: training crop size (null: the image size).
+        padding: zero padding before the random crop (CIFAR: 4).
+        random_resized_crop: ImageNet-style scale/aspect crop instead.
+        flip: random horizontal flip.
+        color_jitter: brightness, contrast, saturation, hue (empty: off).
+        eval_resize: resize the shorter side before the centre crop (null: no).
+        eval_crop: centre crop at evaluation (null: no crop).
+        gpu_cache: keep the whole (small) training set as one uint8 tensor on
+            the training device and augment it there.
+        pin_memory: pinned host memory for CUDA transfers.
+    """
+
+    mean: Literal["model"] | tuple[float, ...] = "model"
+    std: Literal["model"] | tuple[float, ...] = "model"
+    crop: int | None = positive(default=None)
+    padding: int = nonneg(default=0)
+    random_resized_crop: bool = False
+    flip: bool = True
+    color_jitter: tuple[float, ...] = nonneg(default=())
+    eval_resize: int | None = positive(default=None)
+    eval_crop: int | None = positive(default=None)
+    gpu_cache: bool = False
+    pin_memory: bool = True
+
+    def check_fields(self) -> None:
+        if (self.mean == "model") != (self.std == "model"):
+            # name the one that is a list: the other says 'model'
+            bad, other = ("mean", "std") if self.std == "model" else ("std", "mean")
+            raise FieldError(bad, "'model' as {0} is (or both lists)", getattr(self, bad),
+                             (other,))
+        if self.mean != "model" and (len(self.mean) not in (1, 3)
+                                     or len(self.std) != len(self.mean)):
+            raise FieldError("mean", "a list of 1 or 3 numbers, as long as {0}", self.mean,
+                             ("std",))
+        if self.std != "model" and any(s <= 0 for s in self.std):
+            raise FieldError("std", "a list of positive numbers", self.std)
+        if len(self.color_jitter) not in (0, 4):
+            raise FieldError("color_jitter", "a list of 4 numbers (brightness, contrast, "
+                             "saturation, hue) or []", self.color_jitter)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(Section):
+    """Distillation from the original full-precision model (a frozen teacher).
+
+    Args:
+        kind: ``logits``: ``(1 - alpha) * CE(labels) + alpha * T^2 * KL`` at
+            temperature ``T``; ``distributional``: ReActNet's loss, the
+            teacher's softmax as the only target (``alpha`` and
+            ``temperature`` are ignored; the labels are not used).
+        alpha: weight of the distillation term (1 - alpha on the labels).
+        temperature: softmax temperature of the distillation term.
+        features: weight of matching the outputs of rewritten residual blocks
+            (spatial attention maps, Zagoruyko & Komodakis 2017, as in
+            Real-to-Binary); 0 turns it off.
+    """
+
+    kind: Literal["logits", "distributional"] = "logits"
+    alpha: float = unit(default=0.5)
+    temperature: float = positive(default=1.0)
+    features: float = nonneg(default=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig(Section):
+    """One stage of a staged recipe (ReActNet's two-step training and the like).
+
+    Fields left out (null) take the recipe's top-level value. At the start of
+    every stage the optimizer and schedule start afresh and BatchNorm
+    statistics are re-estimated (``bn_recalibration`` batches).
+
+    Args:
+        name: shown in progress, summaries, ``metrics.jsonl`` and plots.
+        epochs: the stage's length.
+        binarize: what is binary in this stage: ``both`` (the final model),
+            ``weights`` (real activations), ``activations`` (real weights) or
+            ``none`` (the float network in its converted block form).
+        optimizer, schedule: this stage's own (the schedule spans the stage).
+        distill: this stage's distillation (``alpha: 0`` turns it off).
+        ede: a schedule for this stage alone; by default one EDE schedule
+            runs over all the stages that binarize something.
+    """
+
+    name: str = ""
+    epochs: int = positive(default=1)
+    binarize: Literal["both", "weights", "activations", "none"] = "both"
+    optimizer: OptimizerConfig | None = None
+    schedule: ScheduleConfig | None = None
+    distill: DistillConfig | None = None
+    ede: EDEConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Section):
+    """A complete fine-tuning recipe.
+
+    Args:
+        epochs: training length in epochs (or give ``steps``).
+        steps: training length in optimizer steps (wins over ``epochs``).
+        batch_size: images per step per process.
+        optimizer, schedule, ede, binarize, data, distill: sections.
+        stages: optional list of stages run in order (see
+            :class:`StageConfig`); ``epochs`` is then their sum.
+        amp: mixed precision: ``none``, ``bf16`` or ``fp16``. ``bf16`` also
+            applies on CPUs with native bf16 kernels (AVX512_BF16, AMX) and
+            falls back to fp32 on others; ``fp16`` is CUDA only.
+        channels_last: NHWC memory format (CUDA and CPU).
+        compile: ``torch.compile`` the model (and the distillation teacher).
+        grad_clip: clip the gradient norm to this (0: off).
+        seed: seeds python, numpy, torch and the data order.
+        workers: DataLoader worker processes.
+        label_smoothing: cross-entropy label smoothing.
+        eval_every: evaluate every N epochs (and always after the last).
+        bn_recalibration: before fine-tuning, re-estimate BatchNorm statistics
+            of the converted model over this many training batches (0: off).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+    """
+
+    epochs: int = positive(default=10)
+    steps: int | None = positive(default=None)
+    batch_size: int = positive(default=128)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ede: EDEConfig = field(default_factory=EDEConfig)
+    binarize: BinarizeConfig = field(default_factory=BinarizeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig | None = None
+    stages: tuple[StageConfig, ...] = ()
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float = nonneg(default=0.0)
+    seed: int = nonneg(default=0)
+    workers: int = nonneg(default=2)
+    label_smoothing: float = unit_open(default=0.0)
+    eval_every: int = positive(default=1)
+    bn_recalibration: int = nonneg(default=0)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stages:  # ``epochs`` is derived: the stages say how long the run is
+            object.__setattr__(self, "epochs", sum(st.epochs for st in self.stages))
+
+    def check_fields(self) -> None:
+        step = "a non-empty list for {0} 'step'"
+        if self.schedule.name == "step" and not self.schedule.milestones:
+            raise FieldError("schedule.milestones", step, (), ("schedule.name",))
+        if list(self.schedule.milestones) != sorted(self.schedule.milestones):
+            raise FieldError("schedule.milestones", "an increasing list",
+                             self.schedule.milestones)
+        if not self.stages:
+            return
+        if self.steps is not None:
+            raise FieldError("steps", "null when there are {0} (each stage gives its epochs)",
+                             self.steps, ("stages",))
+        final = "both" if self.binarize.binary_activations else "weights"
+        last = len(self.stages) - 1
+        if self.stages[last].binarize != final:
+            raise FieldError(f"stages[{last}].binarize", f"{final!r}: the last stage trains "
+                             "the model that is exported", self.stages[last].binarize)
+        for i, st in enumerate(self.stages):
+            sched = st.schedule or self.schedule
+            if sched.name == "step" and not sched.milestones:
+                raise FieldError(f"stages[{i}].schedule.milestones", step, (),
+                                 (f"stages[{i}].schedule.name",))
+            if st.binarize in ("activations", "both") and not self.binarize.binary_activations:
+                raise FieldError(f"stages[{i}].binarize", "weights or none when {0} is 32 (no "
+                                 "binary activations)", st.binarize, ("binarize.act_bits",))
+
+    def stage_list(self) -> tuple[StageConfig, ...]:
+        """The stages, with top-level values filled in; one stage for a plain recipe."""
+        if not self.stages:
+            return (StageConfig(name="", epochs=self.epochs, optimizer=self.optimizer,
+                                schedule=self.schedule, distill=self.distill),)
+        return tuple(dataclasses.replace(
+            st, optimizer=st.optimizer or self.optimizer, schedule=st.schedule or self.schedule,
+            distill=st.distill if st.distill is not None else self.distill,
+        ) for st in self.stages)

@@ -1,0 +1,126 @@
+"""The package's layers import only downwards.
+
+Low to high: the basics (errors, config, atomic) < functional < nn < models
+< convert, io, data, checkpoint < export, train, open_any < cli, demo and the
+package itself. A module may import its own layer and any lower one. Every import
+counts, including the lazy ones inside functions: they run too, and a
+cycle they hide shows up the first time that function is called.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "irconvert"
+
+LAYERS: dict[str, int] = {
+    "errors": 0, "config": 0, "atomic": 0,
+    "functional": 1,
+    "nn": 2,
+    "models": 3,
+    "convert": 4, "io": 4, "data": 4, "checkpoint": 4,
+    "export": 5, "train": 5, "open_any": 5,
+    "cli": 6, "demo": 6, "__init__": 6, "__main__": 6,
+}
+
+# Violations that exist today, as "importer -> imported" module names. Each is
+# a debt to pay off, not a precedent: remove an entry when its import goes (the
+# test fails until you do, so the list only shrinks); never add one to make a
+# new import pass.
+KNOWN_VIOLATIONS: set[str] = {
+    # The packed format records the irconvert version: read it with
+    # importlib.metadata instead of from the package's __init__.
+    "irconvert.export.packed -> irconvert",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _layer(module: str) -> int:
+    """``irconvert.train.trainer`` -> the layer of ``train``; ``irconvert`` -> ``__init__``'s."""
+    parts = module.split(".")
+    return LAYERS[parts[1] if len(parts) > 1 else "__init__"]
+
+
+def _resolve(node: ast.ImportFrom, importer: str, is_package: bool) -> list[str]:
+    """The irconvert modules an ``import``/``from ... import`` statement loads."""
+    if node.level:  # relative: from its package upwards
+        base = importer.split(".")
+        if not is_package:
+            base = base[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        module = ".".join(base + ([node.module] if node.module else []))
+    else:
+        module = node.module or ""
+    if module != "irconvert":
+        return [module]
+    # ``from irconvert import x``: x is a subpackage or module, or a name
+    # defined in irconvert/__init__.py (which then is what is imported).
+    found = []
+    for alias in node.names:
+        sub = PACKAGE / alias.name
+        is_module = sub.is_dir() or sub.with_suffix(".py").is_file()
+        found.append(f"irconvert.{alias.name}" if is_module else "irconvert")
+    return found
+
+
+def _imports() -> set[tuple[str, str]]:
+    edges = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = _module_name(path)
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = _resolve(node, importer, is_package)
+            else:
+                continue
+            for target in targets:
+                if target == "irconvert" or target.startswith("irconvert."):
+                    edges.add((importer, target))
+    return edges
+
+
+def _violations() -> set[str]:
+    found = set()
+    for importer, imported in _imports():
+        if _layer(importer) < _layer(imported):
+            # Name the imported module, not the class or function it holds.
+            found.add(f"{importer} -> {imported}")
+    return found
+
+
+def test_every_top_level_module_has_a_layer() -> None:
+    names = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+             if (p.suffix == ".py" or (p / "__init__.py").is_file())}
+    assert names <= set(LAYERS), f"give these a layer in LAYERS: {sorted(names - set(LAYERS))}"
+
+
+def test_no_new_upward_imports() -> None:
+    new = sorted(_violations() - KNOWN_VIOLATIONS)
+    assert not new, ("a lower layer imports a higher one (move the code down, or pass "
+                     "the value in): " + "; ".join(new))
+
+
+def test_known_violations_still_exist() -> None:
+    fixed = sorted(KNOWN_VIOLATIONS - _violations())
+    assert not fixed, "fixed, so remove from KNOWN_VIOLATIONS: " + "; ".join(fixed)
+
+
+def test_the_checker_sees_lazy_and_relative_imports() -> None:
+    # A guard on the guard: the walk must find imports inside functions.
+    source = "def f():\n    from irconvert.cli import app\n    return app\n"
+    tree = ast.parse(source)
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert _resolve(found[0], "irconvert.nn.layers", False) == ["irconvert.cli"]
+    relative = ast.parse("from ..train import recipe\n").body[0]
+    assert isinstance(relative, ast.ImportFrom)
+    assert _resolve(relative, "irconvert.data.loaders", False) == ["irconvert.train"]
+    assert _layer("irconvert.nn.layers") < _layer("irconvert.cli")
