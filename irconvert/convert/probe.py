@@ -8,6 +8,7 @@ sigmoid gates and anything else non-negative, whatever the graph looks like.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,28 +51,40 @@ def _run_probe(model: nn.Module, shape: tuple[int, ...]) -> bool:
     return True
 
 
-def input_channels(model: nn.Module, names: set[str]) -> dict[str, set[int]]:
-    """The channel counts (dim 1) each module of ``names`` is called with, per call."""
+def _probe_inputs(model: nn.Module, names: set[str],
+                  look: Callable[[str, torch.Tensor], None]) -> bool | None:
+    """Run the probe, calling ``look(name, input)`` on each named module's first input.
+
+    Returns whether the probe ran (None: no input shape could be guessed).
+    """
     shape = example_input_shape(model)
-    seen: dict[str, set[int]] = {}
-    if shape is None or not names:
-        return seen
+    if shape is None:
+        return None
     modules = dict(model.named_modules())
 
     def hook(name: str) -> Any:
         def record(_: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.dim() >= 2:
-                seen.setdefault(name, set()).add(int(x.shape[1]))
+            if args and isinstance(args[0], torch.Tensor):
+                look(name, args[0])
         return record
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names if n in modules]
     try:
-        ok = _run_probe(model, shape)
+        return _run_probe(model, shape)
     finally:
         for handle in handles:
             handle.remove()
-    return seen if ok else {}
+
+
+def input_channels(model: nn.Module, names: set[str]) -> dict[str, set[int]]:
+    """The channel counts (dim 1) each module of ``names`` is called with, per call."""
+    seen: dict[str, set[int]] = {}
+
+    def look(name: str, x: torch.Tensor) -> None:
+        if x.dim() >= 2:
+            seen.setdefault(name, set()).add(int(x.shape[1]))
+
+    return seen if names and _probe_inputs(model, names, look) else {}
 
 
 def nonnegative_inputs(model: nn.Module, names: set[str]) -> set[str] | None:
@@ -79,23 +92,12 @@ def nonnegative_inputs(model: nn.Module, names: set[str]) -> set[str] | None:
 
     Returns None when the model cannot be run on a guessed input shape.
     """
-    shape = example_input_shape(model)
-    if shape is None or not names:
-        return None if shape is None else set()
     found: set[str] = set()
-    modules = dict(model.named_modules())
 
-    def hook(name: str) -> Any:
-        def record(_: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.numel() and bool((x >= 0).all()):
-                found.add(name)
-        return record
+    def look(name: str, x: torch.Tensor) -> None:
+        if x.numel() and bool((x >= 0).all()):
+            found.add(name)
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names if n in modules]
-    try:
-        ok = _run_probe(model, shape)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found if ok else None
+    if not names:
+        return None if example_input_shape(model) is None else set()
+    return found if _probe_inputs(model, names, look) else None
