@@ -78,7 +78,10 @@ class _EDESign(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
         ctx.save_for_backward(x, t, k)
-        return binary_sign(x)
+        # ``+ 0 * x`` keeps every value (0 * finite = 0) but lets a NaN or inf
+        # through as NaN: in training a diverged activation must reach the
+        # loss (which stops the run) instead of silently becoming a -1 bit.
+        return binary_sign(x).add_(x * 0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:

@@ -128,3 +128,12 @@ def test_evaluate_start_reports_top1_before_training(tiny_data: str, tmp_path: P
                  evaluate_start=True)
     assert set(result.start) == {"converted", "calibrated"}
     assert all(0.0 <= v <= 100.0 for v in result.start.values())
+
+
+def test_nan_reaching_a_sign_is_not_turned_into_a_bit() -> None:
+    from irconvert.functional import ede_sign
+
+    x = torch.tensor([1.0, -2.0, 0.0, float("nan"), float("inf")])
+    out = ede_sign(x, 1.0, 1.0)
+    assert out[:3].tolist() == [1.0, -1.0, 1.0]
+    assert torch.isnan(out[3:]).all()  # the loss becomes NaN and the trainer stops
