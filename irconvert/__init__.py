@@ -8,8 +8,7 @@ from irconvert.export import load_packed as load
 from irconvert.functional import ede_schedule
 from irconvert.nn import IRConv2d, IRLinear, set_ede
 from irconvert.train.posttrain import post_train
-
-__version__ = "0.1.0"
+from irconvert.version import __version__
 
 __all__ = [
     "BinarizeConfig",

@@ -181,7 +181,7 @@ def _tensors_and_meta(
         else:
             tensors[key] = tensor.detach().cpu().contiguous().clone()
     tensors[_PARAMS] = torch.cat(flat) if flat else torch.zeros(0)
-    from irconvert import __version__
+    from irconvert.version import __version__
 
     binarize = _binarize_record(config)
     version = _version_needed(frozen, layers, binarize)
