@@ -31,6 +31,7 @@ from irconvert.models import build_model
 from irconvert.nn import IRConv2d, IRLayer, IRLinear, RPReLU, set_binarization
 from tests.conftest import TinyNet
 from tests.export.test_freeze import randomize_bn
+from tests.export.test_onnx import FirstBinary
 
 REACT = irconvert.BinarizeConfig(act_threshold=True, block_act="rprelu")
 ARCH = "cifar_resnet20"
@@ -99,20 +100,6 @@ def inputs(batch: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-class TwoBinary(nn.Module):
-    """Binary convs on the raw input (8 channels) and on a BatchNorm output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 8, 3, padding=1, bias=False)
-        self.fc = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv2(self.bn(self.conv(x))).mean((2, 3)))
-
-
 def first_threshold(model: nn.Module) -> torch.Tensor:
     """The threshold of ``model.conv``, sharing its storage."""
     conv = model.get_submodule("conv")
@@ -122,7 +109,7 @@ def first_threshold(model: nn.Module) -> torch.Tensor:
 
 def boundary_model() -> tuple[nn.Module, torch.Tensor]:
     """A model whose first sign sees inputs exactly at, just above and just below b."""
-    model = TwoBinary()
+    model = FirstBinary()
     cfg = irconvert.BinarizeConfig(keep_stem=False, act_threshold=True)
     irconvert.binarize_(model, cfg, warn=False)
     randomize_bn(model)
