@@ -146,11 +146,10 @@ def variant_recipe(name: str, epochs: int, extra: dict[str, Any]) -> Any:
                       "compile": True, "channels_last": True, "device": "cpu"})
     overrides.update(extra)
     stages = overrides.pop("stages", None)
-    recipe = apply_overrides(load_recipe(BASE), {k: v for k, v in overrides.items()
-                                                 if v is not None})
-    if overrides.get("distill", 0) is None:  # apply_overrides skips None: drop it here
-        recipe = apply_overrides(recipe, {}) if recipe.distill is None else \
-            type(recipe).from_dict({**recipe.to_dict(), "distill": None})
+    recipe = apply_overrides(load_recipe(BASE), overrides)
+    if "distill" in overrides and overrides["distill"] is None:
+        # apply_overrides ignores None (an unset option): switch distillation off here
+        recipe = type(recipe).from_dict({**recipe.to_dict(), "distill": None})
     if stages == "half":
         first = max(epochs // 2, 1)
         recipe = type(recipe).from_dict({**recipe.to_dict(), "stages": [
