@@ -198,11 +198,25 @@ def _u1_filters(ov: Any, signs: np.ndarray) -> Any:
     return tensor
 
 
-def _replace_binary_convs(ov: Any, model: Any) -> int:
+# Producers whose output, fed straight into FakeQuantize -> BinaryConvolution,
+# crash OpenVINO 2026.4's CPU plugin (segfault or heap corruption when the
+# model runs; found with convnext's LayerNorm2d, whose last op is a permute
+# back to NCHW; reproduced by a bare permute before a binary 3x3 conv; any
+# op in between, e.g. an Add, avoids it). Such convolutions stay float
+# convolutions of sign(x): exact, not faster, and reported.
+CRASHING_PRODUCERS: dict[str, str] = {
+    "Transpose": "input comes straight from a Transpose (a permute, e.g. LayerNorm2d's): "
+                 "OpenVINO's CPU BinaryConvolution crashes on it; float convolution of sign(x)",
+}
+
+
+def _replace_binary_convs(ov: Any, model: Any) -> tuple[int, dict[str, str]]:
+    """Replace binary convolutions in place: ``(count, {node name: why kept float})``."""
     import openvino.opset1 as op1
     import openvino.opset13 as ops
 
     count = 0
+    kept: dict[str, str] = {}
     scalar = np.zeros((1, 1, 1, 1), np.float32)
     for conv in list(model.get_ordered_ops()):
         if conv.get_type_name() != "Convolution":
@@ -217,6 +231,10 @@ def _replace_binary_convs(ov: Any, model: Any) -> int:
             continue
         attrs = conv.get_attributes()
         source, b = _split_threshold(source, weights.shape[1])
+        producer = source.get_node().get_type_name()
+        if producer in CRASHING_PRODUCERS:
+            kept[conv.get_friendly_name()] = CRASHING_PRODUCERS[producer]
+            continue
         # Without a threshold the graph stays as before: one scalar threshold.
         thr = ops.constant(scalar + _THRESHOLD if b is None
                            else fq_thresholds(b).reshape(1, -1, 1, 1))
@@ -233,7 +251,7 @@ def _replace_binary_convs(ov: Any, model: Any) -> int:
         conv.output(0).replace(out.output(0))
         count += 1
     model.validate_nodes_and_infer_types()
-    return count
+    return count, kept
 
 
 def to_openvino_model(
@@ -256,8 +274,8 @@ def to_openvino_model(
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ExportError(f"OpenVINO cannot read the exported graph: {first}") from None
-    count = _replace_binary_convs(ov, ov_model)
-    return ov_model, count, fallback_reasons(frozen)
+    count, kept = _replace_binary_convs(ov, ov_model)
+    return ov_model, count, {**fallback_reasons(frozen), **kept}
 
 
 def _has_ir(model: nn.Module) -> bool:
