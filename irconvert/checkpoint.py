@@ -179,12 +179,12 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         LoadError: one line: missing, unreadable, not a run checkpoint, or
             written by a newer irconvert.
     """
+    from irconvert.io.checkpoint_file import read_checkpoint
+
     p = find_checkpoint(path)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        kind = type(exc).__name__
-        raise LoadError(f"{p}: not a readable irconvert checkpoint ({kind})") from None
+    # Empty, truncated and damaged files get the same one-line diagnosis as a
+    # user's own checkpoint (weights-only: a run checkpoint never needs code).
+    obj = read_checkpoint(p)
     if not is_checkpoint(obj):
         raise LoadError(f"{p}: not an irconvert run checkpoint (no 'format' marker)")
     return _supported(p, obj)
@@ -243,7 +243,10 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str]) -> nn.M
     if not arch:
         raise LoadError("checkpoint has no architecture name; it cannot be rebuilt safely")
     model = build_model(arch, num_classes=int(data["num_classes"]))
-    binarize_(model, BinarizeConfig.from_dict(data["binarize"]), warn=False)
+    # The layers the saved model binarized, not a fresh decision: a probe at
+    # conversion may have kept some (layers the forward pass never calls).
+    binary = {k.removesuffix(".ede_t") for k in data["model"] if k.endswith(".ede_t")}
+    binarize_(model, BinarizeConfig.from_dict(data["binarize"]), warn=False, layers=binary)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as exc:

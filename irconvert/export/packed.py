@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from irconvert.config import BinarizeConfig
-from irconvert.errors import ExportError, LoadError
+from irconvert.errors import ExportError, IRConvertError, LoadError
 from irconvert.export.bits import BIT_ORDER, packed_nbytes, unpack_signs
 from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import (
@@ -282,16 +282,88 @@ def _has_ir(model: nn.Module) -> bool:
     return any(isinstance(m, IRLayer) for m in model.modules())
 
 
+# Bytes per element of the safetensors dtypes a packed file can hold.
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_MAX_HEADER = 100_000_000  # safetensors' own limit
+_AGAIN = "export it again, or copy it again if it was copied"
+
+
 def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """The safetensors header of ``path``, checked against the file's size.
+
+    Every way a file can be damaged (empty, cut short, not safetensors at all,
+    a header whose tensors do not fit the bytes that follow it) is a one-line
+    LoadError naming the file, before any reader trusts an offset in it.
+    """
     try:
+        size = path.stat().st_size
         with path.open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(fh.read(length))
-    except (OSError, ValueError, struct.error) as exc:
-        raise LoadError(f"{path}: not a safetensors file ({type(exc).__name__})") from None
+            prefix = fh.read(9)
+            if size == 0:
+                raise LoadError(f"{path}: empty file (0 bytes), not an .irc model; {_AGAIN}")
+            (length,) = struct.unpack("<Q", prefix[:8]) if size >= 8 else (0,)
+            if size < 9 or prefix[8:9] != b"{" or length > _MAX_HEADER:
+                if prefix.startswith(b"PK\x03\x04") or prefix[:1] == b"\x80":
+                    raise LoadError(f"{path}: not an .irc file but a PyTorch checkpoint "
+                                    "(torch.save); `irconvert export --format packed` makes "
+                                    "an .irc from a run checkpoint")
+                raise LoadError(f"{path}: not an .irc file (no safetensors header; "
+                                "`irconvert export --format packed` writes them)")
+            if length > size - 8:
+                raise LoadError(f"{path}: truncated ({size:,} bytes; its header alone needs "
+                                f"{length + 8:,}); {_AGAIN}")
+            fh.seek(8)
+            raw = fh.read(length)
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise LoadError(f"{path}: damaged .irc file (its header is not valid JSON); {_AGAIN}")
+    _check_extents(path, header, size, 8 + length)
     return length, header
+
+
+def _check_extents(path: Path, header: dict[str, Any], size: int, data_start: int) -> None:
+    """Every tensor's offsets lie in the file, sized as its dtype and shape say."""
+    data_bytes = size - data_start
+    end_max = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = (int(v) for v in entry["data_offsets"])
+            shape = [int(d) for d in entry["shape"]]
+            itemsize = _ITEMSIZE[entry["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise LoadError(f"{path}: damaged .irc file (bad index entry for tensor "
+                            f"{name!r}); {_AGAIN}") from None
+        if not 0 <= start <= end or end - start != itemsize * math.prod(shape):
+            raise LoadError(f"{path}: damaged .irc file (tensor {name!r} has offsets "
+                            f"that do not match its shape); {_AGAIN}")
+        end_max = max(end_max, end)
+    if end_max > data_bytes:
+        raise LoadError(f"{path}: truncated ({size:,} bytes; its header says "
+                        f"{data_start + end_max:,}); {_AGAIN}")
+    if end_max < data_bytes:
+        raise LoadError(f"{path}: damaged .irc file ({data_bytes - end_max:,} bytes after "
+                        f"the last tensor); {_AGAIN}")
+
+
+def _check_layers(path: Path, layers: Any, params: Any) -> None:
+    ok = isinstance(layers, dict) and all(
+        isinstance(r, dict) and isinstance(r.get("shape"), list) and r["shape"]
+        and all(isinstance(d, int) and d > 0 for d in r["shape"]) for r in layers.values())
+    ok = ok and isinstance(params, list) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+        and isinstance(p[1], list) and all(isinstance(d, int) and d >= 0 for d in p[1])
+        for p in params)
+    if not ok:
+        raise LoadError(f"{path}: damaged packed-model metadata (layer or parameter "
+                        f"index); {_AGAIN}")
 
 
 def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
@@ -301,16 +373,23 @@ def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
     exponents, every full-precision tensor) with the bytes it takes.
 
     Raises:
-        LoadError: the file is missing, not safetensors, or not an irconvert packed file.
+        LoadError: the file is missing, empty, truncated or otherwise damaged,
+            not safetensors, or not an irconvert packed file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise LoadError(f"{p}: a directory, not an .irc file")
     if not p.is_file():
         raise LoadError(f"{p}: no such file")
     _, header = _read_header(p)
     meta = header.pop("__metadata__", None) or {}
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LoadError(f"{p}: not an irconvert packed model (no '{FORMAT}' marker)")
-    version = int(meta.get("format_version", "0"))
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise LoadError(f"{p}: damaged packed-model metadata (format_version "
+                        f"{meta.get('format_version')!r})") from None
     if version > FORMAT_VERSION:
         raise LoadError(f"{p}: packed format version {version} is newer than this irconvert "
                         f"understands ({FORMAT_VERSION}); upgrade irconvert")
@@ -321,8 +400,9 @@ def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
                           format_version=version,
                           binarize=_with_defaults(json.loads(meta["binarize"])),
                           layers=layers, preprocessing=decode_metadata(meta.get(IRC_KEY), p))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise LoadError(f"{p}: damaged packed-model metadata ({exc})") from None
+    _check_layers(p, layers, params)
     size = info.size
     for name, entry in header.items():
         start, end = entry["data_offsets"]
@@ -363,10 +443,18 @@ def load_packed(path: str | os.PathLike[str]) -> nn.Module:
     from irconvert.models import build_model
 
     info = describe_packed(path)
-    model = build_model(info.arch, num_classes=info.num_classes)
-    binarize_(model, BinarizeConfig.from_dict(info.binarize), warn=False)
-    with safe_open(str(path), framework="pt") as fh:  # type: ignore[no-untyped-call]
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    try:
+        config = BinarizeConfig.from_dict(info.binarize)
+        model = build_model(info.arch, num_classes=info.num_classes)
+    except IRConvertError as exc:  # a damaged or foreign record: say which file
+        raise LoadError(f"{path}: {exc}") from None
+    binarize_(model, config, warn=False, layers=set(info.layers))
+    try:
+        with safe_open(str(path), framework="pt") as fh:  # type: ignore[no-untyped-call]
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # SafetensorError, OSError: the header checks passed, the rest did not
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise LoadError(f"{path}: damaged .irc file ({first}); {_AGAIN}") from None
     meta_params: list[list[Any]] = json.loads(_read_header(Path(path))[1]["__metadata__"]["params"])
     try:
         bits, exps, flat = tensors.pop(_BITS), tensors.pop(_EXP), tensors.pop(_PARAMS)
@@ -379,14 +467,14 @@ def load_packed(path: str | os.PathLike[str]) -> nn.Module:
     for name, record in info.layers.items():
         if name not in modules:
             raise LoadError(f"{path}: binary layer {name!r} does not exist in {info.arch}")
-        frozen = layer_from_config({k: v for k, v in record.items() if k != "shape"})
         shape = record["shape"]
         nbytes = packed_nbytes(math.prod(shape))
         try:
+            frozen = layer_from_config({k: v for k, v in record.items() if k != "shape"})
             sign = unpack_signs(bits[byte:byte + nbytes].numpy(), shape)
             scale = scales_of(exps[channel:channel + shape[0]])
             frozen._load_frozen(sign, scale, state.pop(f"{name}.bias", None))
-        except (ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, ExportError) as exc:
             raise LoadError(f"{path}: binary layer {name!r} is damaged ({exc})") from None
         byte, channel = byte + nbytes, channel + shape[0]
         _set_submodule(model, name, frozen)

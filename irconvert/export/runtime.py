@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0) -> Predict
     if not p.exists():
         raise LoadError(f"{p}: no such file or directory")
     fmt = detect_format(p)
+    if p.is_file() and p.stat().st_size == 0:
+        raise LoadError(f"{p}: empty file (0 bytes); export it again, or copy it again if "
+                        "it was copied")
     if fmt == "packed":
         return _packed(p, threads)
     if fmt == "onnx":
@@ -117,6 +121,22 @@ def _packed(path: Path, threads: int) -> Predictor:
     return Predictor(path, "packed", run, tuple(size) if size else None, preprocessing)
 
 
+def _engine_reason(exc: BaseException) -> str:
+    """The line of an engine's exception that says what is wrong.
+
+    OpenVINO puts a source location first ("Exception from src/...cpp:84:",
+    "Check '...' failed at ..."); onnxruntime prefixes a status code and
+    "Load model from PATH failed:". Neither helps the user.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines
+              if not line.startswith(("Exception from ", "Check '"))]
+    text = (useful or lines or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .* failed:\s*", "", text)
+    return text.rstrip(".")[:200]
+
+
 def _static_size(dims: list[Any]) -> tuple[int, ...] | None:
     rest = dims[1:]
     return tuple(int(d) for d in rest) if all(isinstance(d, int) for d in rest) else None
@@ -136,8 +156,8 @@ def _onnx(path: Path, threads: int) -> Predictor:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=ORT_DISABLED)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise LoadError(f"{path}: onnxruntime cannot load it: {first}") from None
+        raise LoadError(f"{path}: onnxruntime cannot load it ({_engine_reason(exc)}); it may "
+                        "be truncated or damaged: export it again") from None
     name = session.get_inputs()[0].name
     from irconvert.export.meta import ONNX_KEY, decode_metadata
 
@@ -155,12 +175,17 @@ def _onnx(path: Path, threads: int) -> Predictor:
 def _openvino(xml: Path, threads: int) -> Predictor:
     from irconvert.export.openvino_export import compile_openvino, import_openvino
 
+    weights = xml.with_suffix(".bin")
+    if xml.is_file() and not weights.is_file():
+        raise LoadError(f"{weights}: missing; OpenVINO IR is {xml.name} and {weights.name} "
+                        "side by side: copy both, or export it again")
     ov = import_openvino()
     try:
         model = ov.Core().read_model(str(xml))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise LoadError(f"{xml}: OpenVINO cannot read it: {first}") from None
+        raise LoadError(f"{xml}: OpenVINO cannot read it ({_engine_reason(exc)}); "
+                        f"{xml.name} or {weights.name} may be truncated or damaged: "
+                        "export it again") from None
     compiled: dict[int, Any] = {}
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def test_bad_files(tmp_path: Path) -> None:
         load_packed(tmp_path / "missing.irc")
     junk = tmp_path / "junk.irc"
     junk.write_bytes(b"\x00" * 4)
-    with pytest.raises(LoadError, match="not a safetensors file"):
+    with pytest.raises(LoadError, match=r"not an \.irc file"):
         load_packed(junk)
     from safetensors.torch import save_file
 
@@ -119,6 +120,94 @@ def test_bad_files(tmp_path: Path) -> None:
                         "layers": json.dumps({})})
     with pytest.raises(LoadError, match="newer"):
         describe_packed(newer)
+
+
+def _damage(data: bytes, how: str) -> bytes:
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    if how == "empty":
+        return b""
+    if how == "cut in the length":
+        return data[:5]
+    if how == "cut in the header":
+        return data[:header_end // 2]
+    if how == "cut in the tensors":
+        return data[:(header_end + len(data)) // 2]
+    if how == "last byte missing":
+        return data[:-1]
+    if how == "trailing bytes":
+        return data + b"\0" * 16
+    if how == "not safetensors":
+        return b"\x01" * 8 + data[8:]
+    if how == "a .pt renamed":
+        buffer = io.BytesIO()
+        torch.save({"a": torch.zeros(2)}, buffer)
+        return buffer.getvalue()
+    if how == "header not JSON":
+        return data[:9] + b"\xff" + data[10:]
+    assert how == "offsets past the end"
+    return data.replace(b'"data_offsets":[0,', b'"data_offsets":[9,', 1)
+
+
+DAMAGE = {  # how a file is damaged -> what the one-line error says
+    "empty": r"empty file \(0 bytes\)",
+    "cut in the length": "not an .irc file",
+    "cut in the header": r"truncated \(\d[\d,]* bytes; its header alone needs",
+    "cut in the tensors": r"truncated \(\d[\d,]* bytes; its header says",
+    "last byte missing": "truncated",
+    "trailing bytes": "bytes after the last tensor",
+    "not safetensors": "not an .irc file",
+    "a .pt renamed": "not an .irc file but a PyTorch checkpoint",
+    "header not JSON": "header is not valid JSON",
+    "offsets past the end": "do not match its shape",
+}
+
+
+@pytest.fixture(scope="module")
+def packed_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("packed") / "m.irc"
+    save_packed(binarized("cifar_resnet20", 10), path, arch="cifar_resnet20", num_classes=10,
+                config=irconvert.BinarizeConfig())
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_damaged_files_are_one_line_naming_the_file(tmp_path: Path, packed_bytes: bytes,
+                                                    how: str) -> None:
+    # Regression: a truncated file used to describe with negative sizes and
+    # load with safetensors' own error, which did not name the file.
+    path = tmp_path / "damaged.irc"
+    path.write_bytes(_damage(packed_bytes, how))
+    for read in (describe_packed, load_packed):
+        with pytest.raises(LoadError, match=DAMAGE[how]) as err:
+            read(path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_damaged_metadata_names_the_file(tmp_path: Path, packed_bytes: bytes) -> None:
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "good.irc"
+    good.write_bytes(packed_bytes)
+    meta = describe_packed(good)
+    tensors = load_file(str(good))
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as fh:  # type: ignore[no-untyped-call]
+        stored = dict(fh.metadata())
+    cases = {
+        "binarize": ("{\"act_bits\": 3}", "act_bits"),
+        "arch": ("no_such_arch", "no_such_arch"),
+        "layers": ("{\"layer1.0.conv1\": {\"kind\": \"conv2d\"}}", "layer or parameter"),
+        "format_version": ("two", "format_version"),
+    }
+    for key, (value, needle) in cases.items():
+        bad = tmp_path / f"bad-{key}.irc"
+        save_file(tensors, str(bad), metadata={**stored, key: value})
+        with pytest.raises(LoadError, match=needle) as err:
+            load_packed(bad)
+        assert str(err.value).startswith(f"{bad}: "), err.value
+    assert meta.arch == "cifar_resnet20"
 
 
 def test_weights_only_mode_round_trip(tmp_path: Path) -> None:
