@@ -12,7 +12,7 @@ from irconvert.config import BinarizeConfig
 from irconvert.errors import ConfigError
 from irconvert.models import cifar_resnet
 from irconvert.nn import IRConv2d, IRLayer, RPReLU, set_binarization
-from irconvert.train.calibrate import init_act_thresholds
+from irconvert.nn.thresholds import init_act_thresholds
 from irconvert.train.distill import DistillationLoss, FeatureMatcher, attention_map
 from irconvert.train.precision import resolve_amp
 
@@ -93,7 +93,7 @@ def test_calibration_balances_bits_per_channel() -> None:
 
 
 def test_balanced_threshold_moves_above_a_crowded_median() -> None:
-    from irconvert.train.calibrate import balanced_threshold
+    from irconvert.nn.thresholds import balanced_threshold
 
     x = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, -1.0]).view(1, 1, 1, 10)
     b = balanced_threshold(x.transpose(0, 1))  # one channel, 10 values

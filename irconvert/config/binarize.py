@@ -39,6 +39,14 @@ class BinarizeConfig(Section):
             initialised from data so each channel's bits start balanced.
         block_act: the activation of rewritten blocks: ``hardtanh`` (IR-Net)
             or ``rprelu`` (ReActNet's PReLU with learnt input/output shifts).
+        one_signed_inputs: what 1W/1A does with a layer whose inputs have one
+            sign in at least half of their channels (after a ReLU, ReLU6 or a
+            concatenation of them), found by a forward pass at conversion:
+            ``threshold`` (default) gives that layer a learnable per-channel
+            threshold, initialised to balance its bits (from the training
+            data when fine-tuning); ``warn`` only reports it (every bit of such
+            a channel is +1: the layer learns nothing and the BatchNorm after
+            it blows the gradient up).
     """
 
     act_bits: Literal[1, 32] = 1
@@ -53,6 +61,7 @@ class BinarizeConfig(Section):
     block_transform: Literal["auto", "on", "off"] = "auto"
     act_threshold: bool = False
     block_act: Literal["hardtanh", "rprelu"] = "hardtanh"
+    one_signed_inputs: Literal["threshold", "warn"] = "threshold"
 
     def check_fields(self) -> None:
         if self.act_threshold and self.act_bits != 1:

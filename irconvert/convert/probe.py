@@ -9,12 +9,16 @@ sigmoid gates and anything else non-negative, whatever the graph looks like.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["example_input_shape", "input_channels", "nonnegative_inputs"]
+from irconvert.nn.thresholds import balanced_threshold
+
+__all__ = ["LayerProbe", "channel_dim_of", "example_input_shape", "input_channels",
+           "nonnegative_inputs", "probe_layers"]
 
 
 def example_input_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -85,6 +89,71 @@ def input_channels(model: nn.Module, names: set[str]) -> dict[str, set[int]]:
             seen.setdefault(name, set()).add(int(x.shape[1]))
 
     return seen if names and _probe_inputs(model, names, look) else {}
+
+
+@dataclass
+class LayerProbe:
+    """What one forward pass showed about the layers asked about.
+
+    Attributes:
+        called: the layers the forward pass called. A conv/linear layer that
+            is never called while the model still runs is one whose weight
+            the model reads directly (``F.linear(x, self.qkv.weight)``, as
+            attention blocks often do) or one unused at inference.
+        one_signed: per called layer, ``(channels whose inputs all had one
+            sign, channels)``; only layers with at least one such channel.
+            In 1W/1A every bit of such a channel is the same: it carries no
+            information, and a layer made of them outputs a constant that
+            the BatchNorm after it divides by ~sqrt(eps).
+    """
+
+    called: set[str] = field(default_factory=set)
+    one_signed: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # for mostly one-signed layers: the per-channel threshold balancing the
+    # bits of what the probe fed them (a start; training data refines it)
+    thresholds: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def mostly_one_signed(self, name: str) -> bool:
+        """At least half of the layer's input channels have one sign (a ReLU-fed layer)."""
+        count, channels = self.one_signed.get(name, (0, 1))
+        return 2 * count >= channels
+
+
+def channel_dim_of(module: nn.Module) -> int:
+    """Where a layer's input keeps its channels: last for linear layers, 1 otherwise."""
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def _one_signed_channels(x: torch.Tensor, dim: int) -> int:
+    """Channels of ``x`` (along ``dim``) whose values are all >= 0 or all < 0."""
+    flat = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1)
+    nonneg = (flat >= 0).all(dim=1)
+    neg = (flat < 0).all(dim=1)
+    return int((nonneg | neg).sum())
+
+
+def probe_layers(model: nn.Module, names: set[str]) -> LayerProbe | None:
+    """One eval-mode forward pass on a random normal batch, watching ``names``.
+
+    Returns None when the model cannot be run on a guessed input shape.
+    """
+    result = LayerProbe()
+    modules = dict(model.named_modules())
+
+    def look(name: str, x: torch.Tensor) -> None:
+        result.called.add(name)
+        if x.dim() < 2 or not x.numel() or not x.is_floating_point():
+            return
+        dim = channel_dim_of(modules[name])
+        count = _one_signed_channels(x, dim)
+        if count:
+            result.one_signed[name] = (count, int(x.shape[dim]))
+        if result.mostly_one_signed(name):
+            result.thresholds[name] = balanced_threshold(x, dim)
+
+    if not names:
+        return None if example_input_shape(model) is None else result
+    return result if _probe_inputs(model, names, look) else None
 
 
 def nonnegative_inputs(model: nn.Module, names: set[str]) -> set[str] | None:

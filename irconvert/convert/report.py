@@ -31,6 +31,7 @@ class LayerRow:
     binarize: bool
     reason: str
     warning: str | None = None
+    fix: str | None = None  # what the conversion did about a problem it found
 
 
 @dataclass
@@ -57,11 +58,16 @@ class ConversionReport:
     def warnings(self) -> list[str]:
         return [f"{r.name}: {r.warning}" for r in self.rows if r.warning]
 
+    @property
+    def fixes(self) -> list[str]:
+        return [f"{r.name}: {r.fix}" for r in self.rows if r.fix]
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["compression"] = round(self.compression, 3)
         out["binarized_layers"] = self.binarized_layers
         out["warnings"] = self.warnings
+        out["fixes"] = self.fixes
         return out
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from torch import nn
 from torch.nn.parameter import is_lazy
 
 from irconvert.config import BinarizeConfig
-from irconvert.convert.probe import input_channels, nonnegative_inputs
+from irconvert.convert.probe import LayerProbe, input_channels, probe_layers
 from irconvert.convert.report import ConversionReport, LayerRow, model_sizes
 from irconvert.convert.select import Decision, decide
 from irconvert.convert.table import DEFAULT_LAYER_MAP, LayerMap
@@ -25,6 +25,21 @@ RELU_WARNING = (
     "input is always >= 0 (a ReLU-like output), so every activation bit is +1; "
     "rewrite the block (block_transform, for ResNet blocks), exclude the layer, or use 1W/32A"
 )
+ONE_SIGNED_WARNING = (
+    "{count} of {channels} input channels have one sign (a ReLU-like output), so their "
+    "activation bits never change; set one_signed_inputs: threshold, exclude the layer, "
+    "or use 1W/32A"
+)
+ONE_SIGNED_FIX = (
+    "{count} of {channels} input channels have one sign (a ReLU-like output): learnable "
+    "activation threshold added, initialised to balance the bits"
+)
+UNCALLED = (
+    "not called by the model's forward pass (the model reads its weight directly, as "
+    "attention blocks often do, or the layer is unused at inference): binarizing it "
+    "would change nothing"
+)
+SAVED_FLOAT = "full precision in the saved model"
 
 # A block transform rewrites residual blocks in place and returns the names of
 # those it changed; irconvert.convert.blocks registers the built-in ones.
@@ -91,19 +106,51 @@ def enable_act_thresholds_(model: nn.Module) -> int:
     return count
 
 
+def _probe(model: nn.Module, decisions: dict[str, Decision], config: BinarizeConfig,
+           layers: Collection[str] | None) -> LayerProbe | None:
+    """Run the conversion's forward pass; keep layers it shows cannot be binarized.
+
+    ``layers`` (a saved model's binary layers) decides instead of a probe.
+    """
+    chosen = {n for n, d in decisions.items() if d.binarize and d.reason != "already binarized"}
+    if layers is not None:
+        for name in chosen - set(layers):
+            decisions[name] = Decision(False, SAVED_FLOAT)
+        return None
+    probe = probe_layers(model, chosen) if chosen else None
+    if probe is not None:
+        for name in chosen - probe.called:
+            decisions[name] = Decision(False, UNCALLED)
+    return probe
+
+
+def _one_signed_note(name: str, probe: LayerProbe | None, config: BinarizeConfig,
+                     decision: Decision) -> tuple[str | None, str | None]:
+    """``(warning, fix)`` for a binarized layer whose inputs are mostly one-signed."""
+    if probe is None or not decision.binarize or not config.binary_activations \
+            or not probe.mostly_one_signed(name):
+        return None, None
+    count, channels = probe.one_signed[name]
+    if config.one_signed_inputs == "threshold" and not config.act_threshold:
+        return None, ONE_SIGNED_FIX.format(count=count, channels=channels)
+    if config.act_threshold:  # thresholds everywhere already, set from data
+        return None, None
+    if count == channels:
+        return RELU_WARNING, None
+    return ONE_SIGNED_WARNING.format(count=count, channels=channels), None
+
+
 def _build_report(
     model: nn.Module, config: BinarizeConfig, decisions: dict[str, Decision], blocks: list[str],
-    probe: bool = True,
+    probe: LayerProbe | None = None,
 ) -> ConversionReport:
     modules = dict(model.named_modules())
     chosen = {n for n, d in decisions.items() if d.binarize}
-    flagged: set[str] = set()
-    if probe and config.binary_activations:
-        flagged = nonnegative_inputs(model, chosen) or set()
     rows = []
     for name, decision in decisions.items():
         module = modules[name]
         weight = getattr(module, "weight", None)
+        warning, fix = _one_signed_note(name, probe, config, decision)
         rows.append(LayerRow(
             name=name,
             type=type(module).__name__,
@@ -111,7 +158,8 @@ def _build_report(
             params=sum(p.numel() for p in module.parameters(recurse=False)),
             binarize=decision.binarize,
             reason=decision.reason,
-            warning=RELU_WARNING if name in flagged else None,
+            warning=warning,
+            fix=fix,
         ))
     total, n_bin, fp32, packed = model_sizes(model, chosen)
     return ConversionReport(
@@ -129,12 +177,15 @@ def plan(
     _check_initialized(model)
     work = copy.deepcopy(model)
     blocks = _transform_blocks(work, config)
-    return _build_report(work, config, decide(work, config, layer_map), blocks)
+    decisions = decide(work, config, layer_map)
+    probe = _probe(work, decisions, config, None)
+    return _build_report(work, config, decisions, blocks, probe)
 
 
 def binarize_(
     model: nn.Module, config: BinarizeConfig | None = None,
     layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True, probe: bool | None = None,
+    layers: Collection[str] | None = None,
 ) -> ConversionReport:
     """Binarize ``model`` in place: chosen conv/linear layers become IR-Net layers.
 
@@ -148,10 +199,15 @@ def binarize_(
             shortcuts and depthwise/grouped convolutions in full precision.
         layer_map: float type -> IR-Net type; extend it for custom layers.
         warn: emit a ``UserWarning`` for each 1W/1A layer whose inputs are
-            all non-negative.
-        probe: run the forward pass that finds such layers (their rows in the
-            report carry a ``warning``); defaults to ``warn``. Rebuilding a
-            saved model passes ``warn=False`` and skips it.
+            mostly one-signed and left so (``one_signed_inputs: warn``).
+        probe: run one forward pass on a random batch (when the input shape
+            can be told) that finds (a) chosen layers the forward pass never
+            calls: the model reads their weight directly, so they stay full
+            precision, with the reason; (b) in 1W/1A, layers whose inputs
+            have one sign in most channels: they get a learnable activation
+            threshold (``config.one_signed_inputs``). On unless False.
+        layers: binarize exactly these of the chosen layers, no probe (what a
+            rebuilt saved model passes: its binary layers are known).
 
     Returns:
         The :class:`ConversionReport` of what was done.
@@ -173,6 +229,9 @@ def binarize_(
     already = any(isinstance(m, IRLayer) for m in model.modules())
     blocks = [] if already else _transform_blocks(model, config)
     decisions = decide(model, config, layer_map)
+    found = None
+    if not already and (layers is not None or probe is not False):
+        found = _probe(model, decisions, config, layers)
     todo = [n for n, d in decisions.items() if d.binarize and d.reason != "already binarized"]
     if not todo and not already:
         kept = sorted({d.reason for d in decisions.values()})
@@ -187,7 +246,7 @@ def binarize_(
             f"cannot binarize a bare {type(model).__name__} in place; "
             "wrap it in nn.Sequential or use IRConv2d/IRLinear.from_float"
         )
-    report = _build_report(model, config, decisions, blocks)
+    report = _build_report(model, config, decisions, blocks, found)
     replaced: dict[int, nn.Module] = {}
     for name in todo:
         old = model.get_submodule(name)
@@ -200,10 +259,23 @@ def binarize_(
         _set_submodule(model, name, new)
     if config.act_threshold:
         enable_act_thresholds_(model)
+    elif found is not None:
+        _threshold_one_signed(model, report, found)
     if warn:
         for line in report.warnings:
             warnings.warn(f"irconvert: {line}", UserWarning, stacklevel=2)
     return report
+
+
+def _threshold_one_signed(model: nn.Module, report: ConversionReport,
+                          probe: LayerProbe) -> None:
+    """Give the layers the report fixed a threshold that balances the probe's bits."""
+    for row in report.rows:
+        if row.fix is None:
+            continue
+        layer = model.get_submodule(row.name)
+        if isinstance(layer, IRLayer) and layer.binary_act:
+            layer.enable_act_threshold(probe.thresholds.get(row.name))
 
 
 def binarize(

@@ -34,6 +34,7 @@ from irconvert.errors import ExportError
 from irconvert.export.bits import pack_signs
 from irconvert.functional import binary_sign, pow2_scale, standardize
 from irconvert.nn import IRConv2d, IRLayer, IRLinear
+from irconvert.nn.layers import channel_view
 
 __all__ = [
     "FrozenBinaryConv2d",
@@ -51,14 +52,13 @@ def sign_activation(x: Tensor) -> Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-def subtract_threshold(x: Tensor, threshold: Tensor) -> Tensor:
-    """``x - b`` with ``b`` per channel (dim 1): one ``Sub`` node when exported.
+def subtract_threshold(x: Tensor, threshold: Tensor, channel_dim: int = 1) -> Tensor:
+    """``x - b`` with ``b`` per channel (dim 1, or the last for linear): one ``Sub`` node.
 
     The same float subtraction as :meth:`irconvert.nn.IRLayer.binarize_input`,
     so ``sign(x - b)`` is bit-for-bit the training-time sign.
     """
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    return x - threshold.to(x.dtype).view(shape)
+    return x - channel_view(threshold.to(x.dtype), x, channel_dim)
 
 
 ZERO_EXPONENT = -128
@@ -156,7 +156,8 @@ class FrozenBinaryLayer(nn.Module):
         if not self.binary_act:
             return x
         if self.act_threshold is not None:
-            x = subtract_threshold(x, self.act_threshold)
+            x = subtract_threshold(x, self.act_threshold,
+                                   -1 if isinstance(self, FrozenBinaryLinear) else 1)
         return sign_activation(x)
 
     def _load_frozen(self, sign: Tensor, scale: Tensor, bias: Tensor | None,

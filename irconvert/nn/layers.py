@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from irconvert.functional import ede_sign, libra_pb
 
-__all__ = ["IRConv2d", "IRLayer", "IRLinear", "set_binarization", "set_ede"]
+__all__ = ["IRConv2d", "IRLayer", "IRLinear", "channel_view", "set_binarization", "set_ede"]
 
 _EDE_KEYS = ("ede_t", "ede_k")
 THRESHOLD_KEY = "act_threshold"
@@ -61,18 +61,22 @@ class IRLayer:
         if not (self.binary_act and self.acts_on):
             return x
         if self.act_threshold is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 2 else (1, -1)
             # In the input's dtype: under bf16 autocast the subtraction must
             # not promote the whole activation tensor to fp32.
-            x = x - self.act_threshold.to(x.dtype).view(shape)
+            x = x - channel_view(self.act_threshold.to(x.dtype), x, self.channel_dim)
         return ede_sign(x, self.ede_t, self.ede_k)
+
+    @property
+    def channel_dim(self) -> int:
+        """The input axis that holds channels: 1 for convolutions (NCHW), -1 for linear."""
+        return -1 if isinstance(self, nn.Linear) else 1
 
     def enable_act_threshold(self, init: Tensor | None = None) -> nn.Parameter:
         """Add (or reset) the learnable per-input-channel threshold before the sign.
 
         ReActNet's RSign: ``sign(x - b_c)``. ``init`` (default zeros) is
         typically the per-channel median of real inputs, so every channel's
-        bits start balanced (:func:`irconvert.train.calibrate.init_act_thresholds`).
+        bits start balanced (:func:`irconvert.nn.thresholds.init_act_thresholds`).
         """
         if not self.binary_act:
             raise ValueError("activation thresholds need binary activations (1W/1A)")
@@ -99,6 +103,17 @@ class IRLayer:
         # model rebuilt from its architecture loads it strictly.
         if prefix + THRESHOLD_KEY in state_dict and self.act_threshold is None:
             self.enable_act_threshold()
+
+
+def channel_view(values: Tensor, x: Tensor, channel_dim: int) -> Tensor:
+    """Per-channel ``values`` shaped to broadcast against ``x`` along ``channel_dim``.
+
+    Linear layers take ``(N, ..., C)`` (a transformer's tokens): channels are
+    the last axis there, dim 1 only for convolutions' ``(N, C, H, W)``.
+    """
+    if channel_dim == -1 or x.dim() == 2:
+        return values
+    return values.view((1, -1) + (1,) * (x.dim() - 2))
 
 
 def _adopt(new: nn.Module, old: nn.Module, ede: bool) -> None:

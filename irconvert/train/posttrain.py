@@ -246,7 +246,8 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
     from irconvert.train.evaluate import evaluate
     from irconvert.train.trainer import resolve_device
 
-    bundle = open_data(data, channels=channels, download=download)
+    bundle = open_data(data, channels=channels, download=download,
+                       bad_files=recipe.data.bad_files)
     bands = getattr(bundle.val[0][0], "getbands", lambda: ())()
     if bands and len(bands) != channels:  # the digits are grayscale whatever is asked
         raise DataError(f"{bundle.name} has {len(bands)}-channel images but the model takes "
@@ -277,7 +278,7 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
         train_loader = make_loader(AugmentedDataset(bundle.train, tf, seed=recipe.seed),
                                    train=True, **common)
         if getattr(recipe.binarize, "act_threshold", False):
-            from irconvert.train.calibrate import init_act_thresholds
+            from irconvert.nn.thresholds import init_act_thresholds
 
             result.thresholds = init_act_thresholds(model, train_loader, max(steps, 10),
                                                     device)

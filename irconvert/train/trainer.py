@@ -479,7 +479,7 @@ class Trainer:
         """
         steps = self.recipe.bn_recalibration
         from irconvert.train.bn import recalibrate_bn
-        from irconvert.train.calibrate import init_act_thresholds
+        from irconvert.nn.thresholds import init_act_thresholds
 
         acts_on = any(getattr(m, "acts_on", False) and getattr(m, "binary_act", False)
                       for m in self.model.modules())

@@ -158,11 +158,16 @@ def test_1w1a_conversion_has_no_relu_warning(family: str) -> None:
     assert torch.isfinite(model(_input(model))).all()
 
 
-def test_without_transform_the_warning_is_there() -> None:
+def test_without_transform_relu_fed_convs_get_thresholds() -> None:
     model = FAMILIES["cifar_resnet20"]()
     report = irconvert.binarize_(model, BinarizeConfig(act_bits=1, block_transform="off"),
                                  warn=False)
-    assert report.blocks == [] and report.warnings
+    assert report.blocks == [] and report.warnings == []
+    # every binarized conv of a plain ReLU ResNet reads a ReLU output
+    assert len(report.fixes) == report.binarized_layers == 18
+    warned = irconvert.binarize_(FAMILIES["cifar_resnet20"](), BinarizeConfig(
+        act_bits=1, block_transform="off", one_signed_inputs="warn"), warn=False)
+    assert len(warned.warnings) == 18 and warned.fixes == []
 
 
 @pytest.mark.parametrize("config", [BinarizeConfig(act_bits=1, block_transform="off"),

@@ -327,24 +327,47 @@ def test_nothing_to_convert_because_of_patterns(tiny_net: TinyNet) -> None:
         binarize_(tiny_net, BinarizeConfig(exclude=("*",)))
 
 
-def test_relu_fed_conv_is_warned_by_name() -> None:
+def test_relu_fed_conv_is_warned_by_name_when_asked() -> None:
     model = Plain()
     with pytest.warns(UserWarning, match=r"irconvert: conv_a: input is always >= 0"):
-        report = binarize_(model, BinarizeConfig(act_bits=1))
+        report = binarize_(model, BinarizeConfig(act_bits=1, one_signed_inputs="warn"))
     rows = {r.name: r for r in report.rows}
     assert rows["conv_a"].warning == RELU_WARNING
     assert rows["conv_b"].warning is None  # Hardtanh-fed: both signs
     assert report.warnings == [f"conv_a: {RELU_WARNING}"]
     assert report.to_dict()["warnings"] == report.warnings
+    assert model.conv_a.act_threshold is None
 
 
-def test_relu_warning_silenced_and_absent_for_1w32a() -> None:
+def test_relu_fed_conv_gets_a_balancing_threshold_by_default() -> None:
+    model = Plain()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fixed, so nothing to warn about
+        report = binarize_(model, BinarizeConfig(act_bits=1))
+    rows = {r.name: r for r in report.rows}
+    assert rows["conv_a"].warning is None and "threshold added" in (rows["conv_a"].fix or "")
+    assert "8 of 8 input channels" in (rows["conv_a"].fix or "")
+    assert rows["conv_b"].fix is None and model.conv_b.act_threshold is None
+    assert report.to_dict()["fixes"] == report.fixes == [f"conv_a: {rows['conv_a'].fix}"]
+    # the threshold balances the bits of what conv_a sees: both signs, every channel
+    seen: list[torch.Tensor] = []
+    model.conv_a.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 8, 8))
+    bits = torch.where(seen[0] - model.conv_a.act_threshold.view(1, -1, 1, 1) >= 0, 1.0, -1.0)
+    per_channel = bits.transpose(0, 1).reshape(8, -1)
+    assert ((per_channel == 1).any(1) & (per_channel == -1).any(1)).all()
+
+
+def test_one_signed_report_and_1w32a() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = binarize_(Plain(), BinarizeConfig(act_bits=1), warn=False)
+        report = binarize_(Plain(), BinarizeConfig(act_bits=1, one_signed_inputs="warn"),
+                           warn=False)
         assert report.warnings  # still in the report
         report = binarize_(Plain(), BinarizeConfig(act_bits=32))
-        assert report.warnings == []
+        assert report.warnings == [] and report.fixes == []
 
 
 def test_hardtanh_fed_model_has_no_warning(tiny_net: TinyNet) -> None:

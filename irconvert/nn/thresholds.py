@@ -10,27 +10,30 @@ half of that channel's bits +1 and half -1 on the calibration data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from irconvert.nn import IRLayer
+from irconvert.nn.layers import IRLayer
 
 __all__ = ["balanced_threshold", "init_act_thresholds"]
 
 
-def balanced_threshold(x: Tensor) -> Tensor:
-    """Per-channel (dim 1) threshold that splits ``x`` closest to half +1, half -1.
+def balanced_threshold(x: Tensor, channel_dim: int = 1) -> Tensor:
+    """Per-channel threshold that splits ``x`` closest to half +1, half -1.
+
+    Channels are ``x``'s dim ``channel_dim`` (1 for a convolution's NCHW
+    input, -1 for a linear layer's ``(N, ..., C)``).
 
     The median, unless many values equal it (a ReLU channel that is zero
     more than half the time): ``sign(0) = +1`` would then make every zero a
     +1, so the threshold moves just above the median value when that
     splits the channel more evenly.
     """
-    c = x.shape[1]
-    flat = x.detach().float().transpose(0, 1).reshape(c, -1)
+    c = x.shape[channel_dim]
+    flat = x.detach().float().movedim(channel_dim, 0).reshape(c, -1)
     median = flat.median(dim=1).values
     above = torch.nextafter(median, torch.full_like(median, float("inf")))
     at_or_above = (flat >= median[:, None]).float().mean(1)
@@ -41,7 +44,8 @@ def balanced_threshold(x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def init_act_thresholds(model: nn.Module, batches: Iterable[Any], steps: int,
-                        device: torch.device | None = None) -> int:
+                        device: torch.device | None = None,
+                        only: Collection[nn.Module] | None = None) -> int:
     """Set each layer's ``act_threshold`` to the median of its inputs.
 
     Runs ``steps`` batches in train mode (batch statistics, so stale
@@ -50,18 +54,22 @@ def init_act_thresholds(model: nn.Module, batches: Iterable[Any], steps: int,
     after it see its output, so each median describes the inputs the layer
     will really get. The medians of the batches are averaged.
 
+    ``only`` limits the layers set to those given (default: every layer
+    with a threshold).
+
     Returns:
         The number of layers set (0 when no layer has a threshold).
     """
     layers: dict[nn.Module, list[Tensor]] = {
         m: [] for m in model.modules()
-        if isinstance(m, IRLayer) and m.act_threshold is not None}
+        if isinstance(m, IRLayer) and m.act_threshold is not None
+        and (only is None or m in only)}
     if not layers or steps <= 0:
         return 0
 
     def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
         seen = layers[module]
-        seen.append(balanced_threshold(args[0]))
+        seen.append(balanced_threshold(args[0], module.channel_dim))  # type: ignore[arg-type]
         threshold: Tensor = module.act_threshold  # type: ignore[assignment]
         threshold.copy_(torch.stack(seen).mean(0))
 
