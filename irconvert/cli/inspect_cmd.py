@@ -39,7 +39,8 @@ def render_report(report: ConversionReport, title: str) -> None:
     rows = []
     for row in report.rows:
         decision = "[green]binarize[/]" if row.binarize else "[yellow]keep fp32[/]"
-        reason = escape(row.reason) + (" [red](inputs >= 0!)[/]" if row.warning else "")
+        reason = escape(row.reason) + (" [red](inputs >= 0!)[/]" if row.warning else "") + (
+            " [cyan](+ activation threshold: one-signed inputs)[/]" if row.fix else "")
         rows.append([escape(row.name), row.type, "x".join(map(str, row.shape)),
                      f"{row.params:,}", decision, reason])
     print_table(console, escape(title), REPORT_COLUMNS, rows)
@@ -58,6 +59,8 @@ def render_report(report: ConversionReport, title: str) -> None:
         ("size after packing", human_bytes(report.packed_bytes)),
         ("compression", f"{report.compression:.2f}x"),
     ]))
+    for line in report.fixes:
+        console.print(f"[bold cyan]fixed:[/] {escape(line)}", highlight=False, soft_wrap=True)
     for line in report.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False,
                       soft_wrap=True)

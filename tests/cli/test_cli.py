@@ -76,3 +76,13 @@ def test_usage_errors_are_one_line_from_the_console_script(args: list[str]) -> N
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert proc.stdout == ""
+
+
+def test_inspect_says_which_layers_get_a_threshold_for_one_signed_inputs() -> None:
+    # without block rewriting every binarized conv of a ReLU ResNet reads a ReLU output
+    result = runner.invoke(app, ["inspect", "cifar_resnet20", "--block-transform", "off"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    fixed = [line for line in result.output.splitlines() if line.startswith("fixed:")]
+    assert len(fixed) == 18 and "activation threshold added" in fixed[0]
+    assert "warning:" not in result.output
