@@ -1,13 +1,21 @@
 """Exported files against the PyTorch model they came from, on real test images.
 
-Exports a run checkpoint to ``.irc``, ONNX (float and packed weights) and
-OpenVINO IR, runs every file and the PyTorch model on the same normalised
-test images, and reports per format: top-1 agreement with PyTorch, the
-number of images whose top-1 differs, top-1 accuracy, and the max |logit
-difference|. Binary networks are sensitive to rounding: a pre-activation that
-lands within float rounding of 0 can take the other sign in another engine.
+Exports a run checkpoint (or a packed ``.irc`` file) to ``.irc``, ONNX
+(float and packed weights), OpenVINO IR and OpenVINO IR with int8 for the
+layers kept in full precision (calibrated on ``--calib-images`` images of the
+training split), runs every file and the PyTorch model on the same
+normalised test images, and reports per format: top-1 agreement with
+PyTorch, the number of images whose top-1 differs, top-1 accuracy, and the
+max |logit difference|. Binary networks are sensitive to rounding: a
+pre-activation that lands within float rounding of 0 can take the other sign
+in another engine; int8 moves the kept layers' outputs by more than rounding.
+
+An ``.irc`` source is its own PyTorch reference (``load_packed`` runs the
+checkpoint's arithmetic exactly) and has no ``packed`` row.
 
     python benchmarks/export_parity.py runs/r20/best.pt --data ../shared/data/cifar10
+    python benchmarks/export_parity.py results/cifar10-resnet20-1w1a.irc \\
+        --data ../shared/data/cifar10 --out results/export-parity-r20-1w1a-int8
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision import datasets, transforms
 
-from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
 from irconvert.export import export_checkpoint, load_predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,20 +39,62 @@ from _common import machine
 
 FORMATS = {"packed": ("model.irc", {}), "onnx": ("model.onnx", {}),
            "onnx-packed": ("model-packed.onnx", {"onnx_packed": True}),
-           "openvino": ("model_ov", {})}
+           "openvino": ("model_ov", {}), "openvino-int8": ("model_ov_int8", {"int8": True})}
+
+
+def _reference(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The PyTorch model and its recorded preprocessing."""
+    if source.endswith(".irc"):
+        from irconvert.export.packed import describe_packed, load_packed
+
+        return load_packed(source), dict(describe_packed(source).preprocessing or {})
+    from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(source)
+    return model_from_checkpoint(ckpt), {"normalization": ckpt.get("normalization")}
+
+
+def _export(source: str, fmt: str, path: Path, model: torch.nn.Module, meta: dict[str, Any],
+            data: str, calib_images: int) -> None:
+    kwargs = dict(FORMATS[fmt][1])
+    if fmt == "openvino-int8":
+        kwargs.update(data=f"imagefolder:{data}", calib_images=calib_images)
+    if not source.endswith(".irc"):
+        export_checkpoint(source, fmt.split("-")[0], path, **kwargs)
+        return
+    from irconvert.export import export_onnx, export_openvino
+
+    if fmt.startswith("onnx"):
+        export_onnx(model, path, packed=fmt == "onnx-packed", metadata=meta)
+        return
+    calibration, where = None, ""
+    if fmt == "openvino-int8":
+        from irconvert.export.calibration import calibration_images
+
+        calib = calibration_images(kwargs["data"], calib_images, meta)
+        calibration, where = calib.images, calib.source
+    res = export_openvino(model, path, metadata=meta, calibration=calibration,
+                          calibration_source=where)
+    if fmt == "openvino-int8":
+        print(f"int8 layers: {[(x.name, x.why) for x in res.layers if x.precision == 'int8']}",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("checkpoint", help="run checkpoint (.pt) or run directory")
-    parser.add_argument("--data", required=True, help="ImageFolder root with test/ inside")
+    parser.add_argument("checkpoint", help="run checkpoint (.pt), run directory or .irc file")
+    parser.add_argument("--data", required=True, help="ImageFolder root with train/ and test/")
     parser.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--calib-images", type=int, default=256,
+                        help="training images that calibrate the int8 variant")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--out", type=Path, help="write OUT.json")
     args = parser.parse_args(argv)
 
-    ckpt = load_checkpoint(args.checkpoint)
-    norm = ckpt.get("normalization") or {"mean": [0.485, 0.456, 0.406],
+    model, meta = _reference(args.checkpoint)
+    model.eval()
+    norm = meta.get("normalization") or {"mean": [0.485, 0.456, 0.406],
                                          "std": [0.229, 0.224, 0.225]}
     tf = transforms.Compose([transforms.ToTensor(),
                              transforms.Normalize(norm["mean"], norm["std"])])
@@ -54,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     n = len(picks)
     images = torch.stack([test[int(i)][0] for i in picks])
     labels = torch.tensor([test.targets[int(i)] for i in picks])
-    model = model_from_checkpoint(ckpt)
     with torch.no_grad():
         ref = torch.cat([model(b) for b in images.split(args.batch_size)]).numpy()
-    rows = {"pytorch": {"top1": float((ref.argmax(1) == labels.numpy()).mean() * 100)}}
+    rows: dict[str, Any] = {"pytorch": {"top1": float((ref.argmax(1) == labels.numpy()).mean()
+                                                      * 100)}}
+    formats = [f for f in args.formats if not (f == "packed" and args.checkpoint.endswith(".irc"))]
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt, (name, kwargs) in FORMATS.items():
-            path = Path(tmp) / name
-            export_checkpoint(args.checkpoint, fmt.split("-")[0], path, **kwargs)
+        for fmt in formats:
+            path = Path(tmp) / FORMATS[fmt][0]
+            t0 = time.time()
+            _export(args.checkpoint, fmt, path, model, meta, args.data, args.calib_images)
             predictor = load_predictor(path)
             out = np.concatenate([predictor(b.numpy()) for b in images.split(args.batch_size)])
             differ = int((out.argmax(1) != ref.argmax(1)).sum())
@@ -72,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 "max_abs_logit_diff": float(np.abs(out - ref).max()),
                 "images_within_1e-4": int((np.abs(out - ref).max(1) <= 1e-4).sum()),
             }
+            print(f"{fmt}: {rows[fmt]} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    if "openvino-int8" in rows:
+        rows["openvino-int8"]["top1_minus_pytorch"] = (rows["openvino-int8"]["top1"]
+                                                       - rows["pytorch"]["top1"])
+        rows["openvino-int8"]["calib_images"] = args.calib_images
     result = {"checkpoint": str(args.checkpoint), "images": n, "machine": machine(),
               "formats": rows}
     print(json.dumps(result, indent=2))

@@ -48,6 +48,16 @@ def export(
         "--opset", min=17, help="ONNX opset (default 18; 17 uses torch's legacy exporter).")
     ] = None,
     input_size: InputSize = None,
+    int8: Annotated[bool | None, typer.Option(
+        "--int8/--no-int8", help="OpenVINO: run the layers kept in full precision (stem, "
+        "downsample, classifier) in int8, calibrated on --data. Default: on when --data "
+        "is given.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="OpenVINO int8 calibration images: imagefolder:PATH, cifar10:PATH, "
+        "cifar100:PATH, digits or a folder (its training split is used).")] = None,
+    calib_images: Annotated[int, typer.Option(
+        "--calib-images", min=1, help="How many images of --data calibrate the int8 "
+        "activation ranges.")] = 256,
 ) -> None:
     """Write a trained binary model as a deployable file (packed .irc, ONNX or OpenVINO).
 
@@ -58,15 +68,21 @@ def export(
     size = _input_size(input_size)
     with user_errors():
         summary = export_checkpoint(src, fmt.lower(), out, force=force, onnx_packed=onnx_packed,
-                                    opset=opset, input_size=size)
+                                    opset=opset, input_size=size, int8=int8, data=data,
+                                    calib_images=calib_images)
     console.print(key_value_grid([
         ("wrote", escape(f"{summary.path} ({summary.format})")),
         ("size", f"{human_bytes(summary.bytes)} ({summary.bytes:,} bytes)"),
         ("binary layers", str(summary.binary_layers)),
-        *summary.details.items(),
+        *((k, escape(v)) for k, v in summary.details.items()),
     ]))
+    if summary.layers:
+        print_table(console, "how each layer runs", [Column("layer"), Column("runs as"),
+                                                      Column("why", wrap=True)],
+                    [[escape(name), precision, escape(why)]
+                     for name, precision, why in summary.layers])
     for note in summary.notes:
-        console.print(f"[yellow]float fallback:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -23,12 +23,14 @@ class ExportSummary:
     binary_layers: int
     details: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
 
 
 def export_checkpoint(
     src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
     onnx_packed: bool = False, opset: int | None = None,
-    input_size: tuple[int, ...] | None = None,
+    input_size: tuple[int, ...] | None = None, int8: bool | None = None,
+    data: str | None = None, calib_images: int = 256,
 ) -> ExportSummary:
     """Export the model in a trainer run checkpoint (``.pt`` or run directory).
 
@@ -40,6 +42,11 @@ def export_checkpoint(
         onnx_packed: ONNX only: store binary weights as bits + unpacking subgraph.
         opset: ONNX opset (default 18).
         input_size: ``(C, H, W)`` for tracing (onnx/openvino).
+        int8: OpenVINO only: run the layers kept in full precision (stem,
+            downsample, classifier) in int8. None: on when ``data`` is given.
+        data: calibration data for int8 (``imagefolder:DIR``, ``cifar10:DIR``,
+            ... as for ``irconvert eval``); its training split is used.
+        calib_images: how many images of ``data`` calibrate the int8 ranges.
 
     Every format records the checkpoint's input preprocessing (normalisation,
     when the checkpoint has it; the input size; the eval resize/crop), so
@@ -59,6 +66,14 @@ def export_checkpoint(
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt != "onnx" and (onnx_packed or opset is not None):
         raise ExportError("--onnx-packed and --opset apply to --format onnx only")
+    if fmt != "openvino" and (int8 or data is not None):
+        raise ExportError("--int8 and --data apply to --format openvino only")
+    if int8 and data is None:
+        raise ExportError("--int8 needs calibration images: pass --data (e.g. "
+                          "imagefolder:DIR) and optionally --calib-images N")
+    if calib_images < 1:
+        raise ExportError(f"--calib-images must be at least 1, not {calib_images}")
+    use_int8 = data is not None and int8 is not False
     target = Path(out)
     check_output(target, force, directory=fmt == "openvino" and target.suffix != ".xml")
     if fmt == "openvino":  # fail on a missing engine before the slow part
@@ -92,8 +107,27 @@ def export_checkpoint(
                               "weights": "packed bits" if onnx_packed else "float32"})
     from irconvert.export.openvino_export import export_openvino
 
-    ov = export_openvino(frozen, target, input_size=input_size, force=force, metadata=metadata)
-    notes = [f"{name}: {why}" for name, why in ov.fallback.items()]
-    return ExportSummary("openvino", ov.xml, ov.bytes, n_binary,
-                         {"BinaryConvolution layers": str(ov.binary_convolutions),
-                          "float fallbacks": str(len(ov.fallback))}, notes)
+    calibration, source = None, ""
+    if use_int8:
+        from irconvert.export.calibration import calibration_images
+
+        assert data is not None
+        channels = (metadata or {}).get("input_size", [3])[0]
+        calib = calibration_images(data, calib_images, metadata, channels=channels)
+        calibration, source = calib.images, calib.source
+    off = ("int8 off (--no-int8): exact fp32" if int8 is False
+           else "fp32: no calibration data; pass --data for int8")
+    ov = export_openvino(frozen, target, input_size=input_size, force=force, metadata=metadata,
+                         calibration=calibration, calibration_source=source,
+                         int8_off_reason=off)
+    notes = [f"float fallback: {name}: {why}" for name, why in ov.fallback.items()]
+    counts = {p: sum(layer.precision == p for layer in ov.layers)
+              for p in ("binary", "int8", "fp32")}
+    details = {"BinaryConvolution layers": str(ov.binary_convolutions),
+               "float fallbacks": str(len(ov.fallback)),
+               "int8 layers": str(counts["int8"]),
+               "fp32 layers": str(counts["fp32"])}
+    if ov.calibration:
+        details["int8 calibration"] = ov.calibration
+    return ExportSummary("openvino", ov.xml, ov.bytes, n_binary, details, notes,
+                         [(layer.name, layer.precision, layer.why) for layer in ov.layers])

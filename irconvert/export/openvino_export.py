@@ -72,9 +72,17 @@ from irconvert.export.files import atomic_dir, atomic_file, check_output
 from irconvert.export.freeze import FrozenBinaryConv2d, binary_layers, freeze
 from irconvert.export.meta import OPENVINO_PATH, check_metadata, encode_metadata
 from irconvert.export.onnx_export import DEFAULT_OPSET, to_onnx_bytes
+from irconvert.export.openvino_int8 import (
+    LayerPrecision,
+    calibrate,
+    kept_layers,
+    quantize_kept_layers,
+    runtime_precisions,
+)
 
 __all__ = [
     "OpenVinoExport",
+    "OpenVinoGraph",
     "binary_conv_layers",
     "compile_openvino",
     "export_openvino",
@@ -100,13 +108,33 @@ def import_openvino() -> Any:
 
 @dataclass
 class OpenVinoExport:
-    """What :func:`export_openvino` wrote and how each binary layer will run."""
+    """What :func:`export_openvino` wrote and how each layer will run.
+
+    ``layers`` lists every binary and full-precision layer with its
+    precision (``binary``, ``int8`` or ``fp32``) and the reason;
+    ``int8_layers`` counts the int8 ones; ``calibration`` names the images
+    the int8 ranges came from (None without int8).
+    """
 
     xml: Path
     bin: Path
     binary_convolutions: int
     fallback: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
+    layers: list[LayerPrecision] = field(default_factory=list)
+    int8_layers: int = 0
+    calibration: str | None = None
+
+
+@dataclass
+class OpenVinoGraph:
+    """An ``ov.Model`` built by :func:`to_openvino_model`, with its layer report."""
+
+    model: Any
+    binary_convolutions: int
+    fallback: dict[str, str] = field(default_factory=dict)
+    layers: list[LayerPrecision] = field(default_factory=list)
+    int8_layers: int = 0
 
 
 def fallback_reasons(frozen: nn.Module) -> dict[str, str]:
@@ -256,8 +284,20 @@ def _replace_binary_convs(ov: Any, model: Any) -> tuple[int, dict[str, str]]:
 
 def to_openvino_model(
     model: nn.Module, *, input_size: tuple[int, ...] | None = None,
-) -> tuple[Any, int, dict[str, str]]:
-    """``(ov.Model, number of BinaryConvolutions, fallback layers)`` for a binarized model.
+    calibration: np.ndarray | None = None, calibration_source: str = "",
+    int8_off_reason: str = "no calibration data (--data) given",
+) -> OpenVinoGraph:
+    """The OpenVINO graph of a binarized model, with how each layer will run.
+
+    Args:
+        model: a model converted by :func:`irconvert.binarize_` (or frozen).
+        input_size: ``(C, H, W)`` for tracing.
+        calibration: preprocessed float32 NCHW images; when given, the layers
+            kept in full precision (stem, downsample, classifier) become int8
+            (:mod:`irconvert.export.openvino_int8`) with activation ranges
+            measured on them. None keeps them fp32 (exact).
+        calibration_source: where the images came from, for the report.
+        int8_off_reason: why the kept layers stay fp32 when ``calibration`` is None.
 
     Raises:
         MissingDependencyError: openvino is not installed.
@@ -274,8 +314,35 @@ def to_openvino_model(
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ExportError(f"OpenVINO cannot read the exported graph: {first}") from None
-    count, kept = _replace_binary_convs(ov, ov_model)
-    return ov_model, count, {**fallback_reasons(frozen), **kept}
+    count, crashing = _replace_binary_convs(ov, ov_model)
+    fallback = {**fallback_reasons(frozen), **crashing}
+    report = [LayerPrecision(name, "binary", f"float kernel: {fallback[name]}"
+                             if name in fallback else "BinaryConvolution (bit-packed kernel)")
+              for name in binary_layers(frozen)]
+    # crashing-producer fallbacks are named by graph node, not module
+    report += [LayerPrecision(name, "binary", f"float kernel: {why}")
+               for name, why in crashing.items()]
+    kept, others = kept_layers(ov_model, frozen)
+    int8 = 0
+    if calibration is not None and kept:
+        ranges = calibrate(ov_model, kept, calibration,
+                           compile_fn=lambda m, batch: compile_openvino(m, batch))
+        quantize_kept_layers(kept, ranges)
+        ov_model.validate_nodes_and_infer_types()
+        ran = runtime_precisions(compile_openvino(ov_model, 1))
+        for layer in kept:
+            _, precision, kernel = ran.get(layer.op.get_friendly_name(), ("", "", ""))
+            really = precision in ("u8", "i8")
+            int8 += really
+            why = f"{layer.role} {layer.shape}: int8 weights per channel, calibrated inputs"
+            report.append(LayerPrecision(layer.name, "int8" if really else "fp32",
+                                         f"{why}; {kernel}" if really
+                                         else f"{why}, but this CPU runs it in {precision}"))
+    else:
+        report += [LayerPrecision(layer.name, "fp32", f"{layer.role} {layer.shape}: "
+                                  f"{int8_off_reason}") for layer in kept]
+    report += others
+    return OpenVinoGraph(ov_model, count, fallback, report, int8)
 
 
 def _has_ir(model: nn.Module) -> bool:
@@ -287,7 +354,8 @@ def _has_ir(model: nn.Module) -> bool:
 def export_openvino(
     model: nn.Module, path: str | os.PathLike[str], *,
     input_size: tuple[int, ...] | None = None, force: bool = False,
-    metadata: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None, calibration: np.ndarray | None = None,
+    calibration_source: str = "", int8_off_reason: str = "no calibration data (--data) given",
 ) -> OpenVinoExport:
     """Write OpenVINO IR for a binarized model.
 
@@ -301,6 +369,8 @@ def export_openvino(
         metadata: the input preprocessing to record (``normalization``,
             ``input_size``, ``eval_resize``, ``eval_crop``; see
             :mod:`irconvert.export.meta`) in ``rt_info``; None records none.
+        calibration, calibration_source, int8_off_reason: int8 for the layers
+            kept in full precision; see :func:`to_openvino_model`.
 
     Raises:
         MissingDependencyError: openvino is not installed.
@@ -313,7 +383,10 @@ def export_openvino(
     check_output(target, force, directory=not as_xml)
     if as_xml:
         check_output(target.with_suffix(".bin"), force)
-    ov_model, count, fallback = to_openvino_model(model, input_size=input_size)
+    graph = to_openvino_model(model, input_size=input_size, calibration=calibration,
+                              calibration_source=calibration_source,
+                              int8_off_reason=int8_off_reason)
+    ov_model = graph.model
     if preprocessing:
         ov_model.set_rt_info(encode_metadata(preprocessing), list(OPENVINO_PATH))
     if as_xml:
@@ -331,8 +404,10 @@ def export_openvino(
         with atomic_dir(target) as tmp_dir:
             _save(ov, ov_model, tmp_dir / XML_NAME)
         xml, binf = target / XML_NAME, target / "model.bin"
-    return OpenVinoExport(xml=xml, bin=binf, binary_convolutions=count, fallback=fallback,
-                          bytes=xml.stat().st_size + binf.stat().st_size)
+    return OpenVinoExport(xml=xml, bin=binf, binary_convolutions=graph.binary_convolutions,
+                          fallback=graph.fallback, bytes=xml.stat().st_size + binf.stat().st_size,
+                          layers=graph.layers, int8_layers=graph.int8_layers,
+                          calibration=calibration_source if graph.int8_layers else None)
 
 
 def _save(ov: Any, ov_model: Any, xml: Path) -> None:

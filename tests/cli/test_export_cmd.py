@@ -89,6 +89,54 @@ def test_export_openvino(run_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "ov" / "model.xml").is_file()
 
 
+@pytest.mark.openvino
+@pytest.mark.slow
+def test_export_openvino_int8(run_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / cls / f"{i}.png")
+    out = tmp_path / "ov"
+    result = runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o", str(out),
+                                 "--data", f"imagefolder:{tmp_path / 'data'}",
+                                 "--calib-images", "5"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "int8 layers               2" in result.output
+    assert "BinaryConvolution layers  18" in result.output
+    assert "(train, 5 of 8 images)" in result.output
+    assert "brgconv" in result.output or "int8" in result.output  # the per-layer table
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model_from_checkpoint(run_dir)(x).numpy()
+    assert load_predictor(out)(x.numpy()).shape == ref.shape
+    result = runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o", str(out),
+                                 "--force", "--data", f"imagefolder:{tmp_path / 'data'}",
+                                 "--no-int8"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "int8 layers               0" in result.output and "--no-int8" in result.output
+
+
+def test_int8_errors(run_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    ov = str(tmp_path / "ov")
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o", ov,
+                                       "--int8"]), "needs calibration images")
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "m.irc"),
+                                       "--data", "digits"]), "--format openvino only")
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o", ov,
+                                       "--data", f"imagefolder:{tmp_path / 'none'}"]),
+                   "not found")
+    one_line_error(runner.invoke(app, ["export", str(run_dir), "-f", "openvino", "-o", ov,
+                                       "--data", "digits"]), "the model takes 3")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_errors(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "x.irc"
     one_line_error(runner.invoke(app, ["export", str(run_dir), "-f", "tflite", "-o", str(out)]),

@@ -145,7 +145,8 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     param = ops.parameter([1, 3], np.float32)
     tiny = ov.Model([ops.relu(param)], [param])
-    monkeypatch.setattr(openvino_export, "to_openvino_model", lambda *a, **k: (tiny, 0, {}))
+    monkeypatch.setattr(openvino_export, "to_openvino_model",
+                        lambda *a, **k: openvino_export.OpenVinoGraph(tiny, 0))
     monkeypatch.setattr(ov, "save_model", broken)
     for target in (tmp_path / "m.xml", tmp_path / "ov"):
         with pytest.raises(RuntimeError, match="disk full"):

@@ -1,0 +1,208 @@
+"""int8 for the layers kept in full precision: really int8 on the CPU, binary convs unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import irconvert
+from irconvert.errors import DataError
+from irconvert.export.calibration import calibration_images
+from irconvert.export.openvino_export import binary_conv_layers, compile_openvino, export_openvino
+from irconvert.export.openvino_int8 import activation_range, int8_weights, runtime_precisions
+from tests.conftest import TinyNet
+from tests.export.test_freeze import randomize_bn
+
+pytestmark = pytest.mark.openvino
+pytest.importorskip("openvino", reason="openvino is not installed "
+                    "(pip install 'irconvert[openvino]')")
+
+STEP = 0.01  # the int8 grid of the test inputs and stem weights
+
+
+class ResidualNet(nn.Module):
+    """stem -> binary block with a 1x1 stride-2 downsample shortcut -> classifier."""
+
+    irconvert_input_size = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.downsample = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False),
+                                        nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.hardtanh(self.bn0(self.stem(x)))
+        y = nn.functional.hardtanh(self.bn1(self.conv1(x)) + self.downsample(x))
+        y = nn.functional.hardtanh(self.bn2(self.conv2(y)) + y)
+        return self.fc(y.mean((2, 3)))
+
+
+def grid_model() -> ResidualNet:
+    """A binarized ResidualNet whose stem weights lie on their own int8 grid (:func:`grid_stem`)."""
+    torch.manual_seed(0)
+    model = ResidualNet()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    randomize_bn(model)
+    grid_stem(model.stem)
+    return model.eval()
+
+
+def grid_stem(stem: nn.Conv2d) -> None:
+    """Stem weights on their own int8 grid.
+
+    Each output channel's largest |weight| is 127 steps, so per-channel int8
+    holds the weights exactly; with inputs on the calibrated grid too
+    (:func:`grid_images`) the int8 stem computes what the fp32 one does, and
+    the binary layers after it see the same signs.
+    """
+    w = torch.randint(-127, 128, stem.weight.shape).float()
+    w[:, 0, 0, 0] = 127
+    stem.weight.data = w * STEP
+
+
+def grid_images(n: int, seed: int) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (n, 3, 8, 8), generator=g).float() * STEP
+    x[0, 0, 0, :2] = torch.tensor([-128 * STEP, 127 * STEP])  # the calibrated range
+    return x.numpy()
+
+
+def kept_kernels(compiled: object) -> dict[str, tuple[str, str, str]]:
+    """Runtime Convolution / FullyConnected nodes (the kept layers) by name."""
+    rows = {}
+    for node in compiled.get_runtime_model().get_ops():  # type: ignore[attr-defined]
+        info = node.get_rt_info()
+        kind = str(info["layerType"].astype(str)) if "layerType" in info else ""
+        if kind in ("Convolution", "FullyConnected"):
+            rows[node.get_friendly_name()] = (kind, str(info["runtimePrecision"].astype(str)),
+                                              str(info["primitiveType"].astype(str)))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[ResidualNet, object, object]:
+    model = grid_model()
+    out = tmp_path_factory.mktemp("ov")
+    fp32 = export_openvino(model, out / "fp32")
+    int8 = export_openvino(model, out / "int8", calibration=grid_images(64, 1),
+                           calibration_source="grid")
+    return model, fp32, int8
+
+
+def test_kept_layers_run_int8_in_the_compiled_graph(exports: tuple) -> None:
+    _, fp32, int8 = exports
+    assert int8.int8_layers == 3 and int8.calibration == "grid"
+    report = {layer.name: layer for layer in int8.layers}
+    assert {n for n, lay in report.items() if lay.precision == "int8"} == {
+        "stem", "downsample.0", "fc"}
+    assert {n for n, lay in report.items() if lay.precision == "binary"} == {"conv1", "conv2"}
+    assert report["stem"].why.startswith("stem 3->8 3x3")
+    assert report["downsample.0"].why.startswith("1x1 downsample 8->16 1x1/2")
+    assert report["fc"].why.startswith("classifier 16->5")
+
+    compiled = compile_openvino(int8.xml, 4)
+    kernels = kept_kernels(compiled)
+    assert len(kernels) == 3  # stem, downsample, classifier
+    for kind, precision, kernel in kernels.values():
+        assert precision in ("u8", "i8") and "I8" in kernel, (kind, precision, kernel)
+    # binary convolutions are untouched
+    assert len(binary_conv_layers(compiled)) == 2 == int8.binary_convolutions
+    assert len(binary_conv_layers(compile_openvino(fp32.xml, 4))) == 2
+    # the weights are stored as int8 (4x smaller than fp32)
+    assert 'element_type="i8"' in int8.xml.read_text()
+    assert 'element_type="i8"' not in fp32.xml.read_text()
+
+
+def test_without_calibration_the_kept_layers_stay_fp32(exports: tuple) -> None:
+    model, fp32, _ = exports
+    assert fp32.int8_layers == 0 and fp32.calibration is None
+    kept = [lay for lay in fp32.layers if lay.precision == "fp32"]
+    assert {lay.name for lay in kept} == {"stem", "downsample.0", "fc"}
+    assert all("no calibration data" in lay.why for lay in kept)
+    compiled = compile_openvino(fp32.xml, 4)
+    assert all(p == "f32" for _, p, _ in kept_kernels(compiled).values())
+    x = torch.from_numpy(grid_images(4, 2))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(np.asarray(compiled(x.numpy())[0]) - ref).max() <= 1e-4  # exact as before
+
+
+def test_int8_parity(tmp_path: Path) -> None:
+    """Stem on its grid, binary convs, int8 classifier: logits within int8 rounding."""
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=6)
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    randomize_bn(model)
+    grid_stem(model.stem)
+    model.eval()
+    res = export_openvino(model, tmp_path / "ov", calibration=grid_images(64, 1))
+    assert res.int8_layers == 2
+    x = grid_images(32, 3)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    compiled = compile_openvino(res.xml, len(x))
+    assert len(binary_conv_layers(compiled)) == 2
+    out = np.asarray(compiled(x)[0])
+    scale = np.abs(ref).max()
+    err = np.abs(out - ref).max()
+    assert err <= 0.05 * scale, (err, scale)  # the classifier's int8 rounding only
+    top2 = np.sort(ref, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * err  # a margin int8 rounding cannot cross
+    assert clear.sum() >= len(x) // 2
+    assert np.array_equal(out.argmax(1)[clear], ref.argmax(1)[clear])
+
+
+def test_int8_helpers() -> None:
+    lo, hi = activation_range(-1.0, 3.0)
+    scale = (hi - lo) / 255
+    assert lo <= -1.0 + scale and hi >= 3.0 - scale  # within a step of the measured range
+    assert abs(round(-lo / scale) - (-lo / scale)) < 1e-6  # 0 is a level
+    assert activation_range(0.5, 2.0)[0] == 0.0  # non-negative: u8 from 0
+    w = np.array([[1.0, -0.5], [0.0, 0.0], [-2.0, 1.0]], np.float32)
+    q, s = int8_weights(w, 0)
+    assert q.dtype == np.int8 and q[0, 0] == 127 and q[2, 0] == -127 and not q[1].any()
+    assert np.allclose(q * s, w, atol=s.max() / 2)
+
+
+def _folder(root: Path, size: int, per_class: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"{i}.png")
+    return root
+
+
+def test_calibration_images(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data", 8)
+    meta = {"normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            "input_size": [3, 8, 8]}
+    calib = calibration_images(f"imagefolder:{root}", 4, meta)
+    assert calib.images.shape == (4, 3, 8, 8) and calib.images.dtype == np.float32
+    assert "train, 4 of 6 images" in calib.source
+    assert calib.images.min() >= -2.0 and calib.images.max() <= 2.0  # (x - 0.5) / 0.25
+    with pytest.raises(DataError, match="the model takes 3x32x32"):
+        calibration_images(f"imagefolder:{root}", 2, {"input_size": [3, 32, 32]})
+    with pytest.raises(DataError, match="not found"):
+        calibration_images(f"imagefolder:{tmp_path / 'none'}", 2, meta)
+
+
+def test_runtime_precisions_names_original_layers(exports: tuple) -> None:
+    _, _, int8 = exports
+    names = runtime_precisions(compile_openvino(int8.xml, 1))
+    assert any(kind == "BinaryConvolution" for kind, _, _ in names.values())
