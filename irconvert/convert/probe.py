@@ -18,7 +18,7 @@ from torch import nn
 from irconvert.nn.thresholds import balanced_threshold
 
 __all__ = ["LayerProbe", "channel_dim_of", "example_input_shape", "input_channels",
-           "nonnegative_inputs", "probe_layers"]
+           "probe_layers"]
 
 
 def example_input_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -154,19 +154,3 @@ def probe_layers(model: nn.Module, names: set[str]) -> LayerProbe | None:
     if not names:
         return None if example_input_shape(model) is None else result
     return result if _probe_inputs(model, names, look) else None
-
-
-def nonnegative_inputs(model: nn.Module, names: set[str]) -> set[str] | None:
-    """Which of ``names`` received only inputs >= 0 on a random normal batch.
-
-    Returns None when the model cannot be run on a guessed input shape.
-    """
-    found: set[str] = set()
-
-    def look(name: str, x: torch.Tensor) -> None:
-        if x.numel() and bool((x >= 0).all()):
-            found.add(name)
-
-    if not names:
-        return None if example_input_shape(model) is None else set()
-    return found if _probe_inputs(model, names, look) else None
