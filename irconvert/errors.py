@@ -10,6 +10,15 @@ from __future__ import annotations
 class IRConvertError(Exception):
     """Base class: a problem with the user's input, model, data or environment."""
 
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker's exception comes back to the main process
+        # re-created from "Caught X in DataLoader worker process N.\nOriginal
+        # Traceback ...": keep the one line that was raised.
+        if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last,)
+        super().__init__(*args)
+
 
 class ConfigError(IRConvertError, ValueError):
     """A configuration or recipe value is invalid."""

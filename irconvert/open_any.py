@@ -133,7 +133,7 @@ def evaluate_any(path: str, data: str, *, split: str = "auto", batch_size: int =
                  device: str = "cpu", workers: int = 0, arch: str | None = None,
                  num_classes: int | None = None, trust_pickle: bool = False,
                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                 limit: int | None = None) -> dict[str, Any]:
+                 limit: int | None = None, bad_files: str = "stop") -> dict[str, Any]:
     """Top-1/top-5 and loss of whatever :func:`open_any` opens, on ``data``'s eval split.
 
     Normalisation: ``mean``/``std`` when given, else what the run checkpoint
@@ -141,11 +141,14 @@ def evaluate_any(path: str, data: str, *, split: str = "auto", batch_size: int =
     by default; for an export without recorded normalisation the result's
     ``notes`` say so). The eval resize/crop likewise come from the
     checkpoint's recipe or the export's recorded preprocessing. ``limit``
-    evaluates an evenly spaced subset of that many images.
+    evaluates an evenly spaced subset of that many images. ``bad_files``:
+    ``stop`` at an unreadable image file with an error naming it, or
+    ``skip`` it (left out of the numbers, named in ``notes``).
 
     Returns:
         ``path``, ``kind``, ``data``, ``split``, ``loss``, ``top1``, ``top5``,
-        ``images``, ``mean``, ``std`` and ``notes``.
+        ``images``, ``mean``, ``std``, ``skipped`` (unreadable files left
+        out) and ``notes``.
 
     Raises:
         LoadError, DataError, ConfigError: bad input.
@@ -173,7 +176,7 @@ def evaluate_any(path: str, data: str, *, split: str = "auto", batch_size: int =
         notes.append(f"{path} records no input normalisation (exported by an older "
                      "irconvert or from a checkpoint without one); using ImageNet "
                      "mean/std, pass --mean/--std if the model was trained otherwise")
-    bundle = open_data(data, split=split, channels=channels)
+    bundle = open_data(data, split=split, channels=channels, bad_files=bad_files)
     if opened.outputs is not None and opened.outputs != bundle.num_classes:
         raise DataError(f"{path}: the model has {opened.outputs} outputs but {bundle.name} "
                         f"has {bundle.num_classes} classes")
@@ -191,6 +194,11 @@ def evaluate_any(path: str, data: str, *, split: str = "auto", batch_size: int =
     loader = make_loader(AugmentedDataset(val, tf), batch_size=batch_size, train=False,
                          seed=0, workers=workers, pin_memory=dev.type == "cuda")
     result = evaluate_fn(opened.fn, loader, dev)
+    skipped = bundle.bad_paths()
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more"
+                                          if len(skipped) > 3 else "")
+        notes.append(f"left out {len(skipped)} unreadable image file(s): {shown}")
     return {"path": str(path), "kind": opened.kind, "data": bundle.name,
             "split": bundle.val_split, **result.to_dict(), "mean": list(m), "std": list(s),
-            "notes": notes}
+            "skipped": skipped, "notes": notes}

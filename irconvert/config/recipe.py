@@ -90,6 +90,10 @@ class DataConfig(Section):
         gpu_cache: keep the whole (small) training set as one uint8 tensor on
             the training device and augment it there.
         pin_memory: pinned host memory for CUDA transfers.
+        bad_files: what an unreadable image file (truncated, not an image)
+            does: ``stop`` the run with an error that names it, or ``skip``
+            it and count it (the log, metrics.jsonl and the summary say how
+            many and which).
     """
 
     mean: Literal["model"] | tuple[float, ...] = "model"
@@ -103,6 +107,7 @@ class DataConfig(Section):
     eval_crop: int | None = positive(default=None)
     gpu_cache: bool = False
     pin_memory: bool = True
+    bad_files: Literal["stop", "skip"] = "stop"
 
     def check_fields(self) -> None:
         if (self.mean == "model") != (self.std == "model"):

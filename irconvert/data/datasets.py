@@ -14,7 +14,16 @@ from torch.utils.data import Dataset
 
 from irconvert.errors import DataError
 
-__all__ = ["KINDS", "DataBundle", "DataSpec", "open_data", "parse_data_spec"]
+__all__ = [
+    "BAD_FILES",
+    "KINDS",
+    "BadImageError",
+    "DataBundle",
+    "DataSpec",
+    "ImageFiles",
+    "open_data",
+    "parse_data_spec",
+]
 
 KINDS = ("imagefolder", "cifar10", "cifar100", "digits")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,6 +60,20 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def set_bad_files(self, bad_files: str) -> None:
+        """``stop`` or ``skip`` on unreadable image files (see :class:`ImageFiles`)."""
+        if bad_files not in BAD_FILES:
+            raise DataError(f"bad_files must be one of {', '.join(BAD_FILES)}, "
+                            f"got {bad_files!r}")
+        for split in (self.train, self.val):
+            if isinstance(split, ImageFiles):
+                split.bad_files = bad_files
+
+    def bad_paths(self) -> list[str]:
+        """Every file of either split found unreadable so far."""
+        return [path for split in (self.train, self.val) if isinstance(split, ImageFiles)
+                for path in split.bad_paths()]
 
 
 def parse_data_spec(spec: str) -> DataSpec:
@@ -93,6 +116,62 @@ class _ModeConvert(Dataset[Any]):
         return getattr(self.base, name)
 
 
+BAD_FILES = ("stop", "skip")
+_SKIP_HINT = "--skip-bad-images (recipe: data.bad_files: skip)"
+
+
+class BadImageError(DataError):
+    """An image file of the data set cannot be decoded (and bad files are not skipped)."""
+
+
+class ImageFiles(Dataset[Any]):
+    """An ``ImageFolder`` whose unreadable files are named, or skipped and counted.
+
+    ``bad_files="stop"``: reading a truncated or non-image file raises
+    :class:`BadImageError` naming it. ``"skip"``: that sample is ``None``
+    (the loaders leave it out of its batch) and is remembered in ``bad``, a
+    shared-memory flag per sample, so files found by DataLoader worker
+    processes are counted in the main process too.
+    """
+
+    def __init__(self, folder: Any, mode: str, bad_files: str = "stop") -> None:
+        import torch
+
+        self.folder, self.mode = folder, mode
+        self.bad_files = bad_files
+        self.bad = torch.zeros(len(folder.samples), dtype=torch.uint8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int] | None:
+        path, label = self.folder.samples[i]
+        try:
+            img = self.folder.loader(path)  # decodes the whole file (convert("RGB"))
+            if img.mode != self.mode:
+                img = img.convert(self.mode)
+        except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for bad files
+            self.bad[i] = 1
+            if self.bad_files == "skip":
+                return None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise BadImageError(f"{path}: unreadable image ({reason}); fix or delete it, or "
+                                f"leave unreadable images out with {_SKIP_HINT}") from None
+        return img, int(label)
+
+    def bad_paths(self) -> list[str]:
+        """The files found unreadable so far (in skip mode: the ones left out)."""
+        return [self.folder.samples[i][0] for i in self.bad.nonzero().flatten().tolist()]
+
+    @property
+    def targets(self) -> list[int]:
+        return list(self.folder.targets)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.folder.classes)
+
+
 def _imagefolder(root: Path, split: str, mode: str) -> tuple[Dataset[Any] | None, Dataset[Any],
                                                               list[str], str]:
     from torchvision.datasets import ImageFolder
@@ -112,8 +191,8 @@ def _imagefolder(root: Path, split: str, mode: str) -> tuple[Dataset[Any] | None
     if train is not None and train.classes != val.classes:
         raise DataError(f"{root}: train/ and {val_dir.name}/ hold different class folders "
                         f"({len(train.classes)} vs {len(val.classes)})")
-    return (_ModeConvert(train, mode) if train is not None else None,
-            _ModeConvert(val, mode), list(val.classes), val_dir.name)
+    return (ImageFiles(train, mode) if train is not None else None,
+            ImageFiles(val, mode), list(val.classes), val_dir.name)
 
 
 def _cifar(kind: str, root: Path, mode: str, download: bool) -> tuple[Dataset[Any], Dataset[Any],
@@ -133,7 +212,7 @@ def _cifar(kind: str, root: Path, mode: str, download: bool) -> tuple[Dataset[An
 
 
 def open_data(spec: str | DataSpec, *, split: str = "auto", channels: int = 3,
-              download: bool = False) -> DataBundle:
+              download: bool = False, bad_files: str = "stop") -> DataBundle:
     """Open the training and evaluation splits of a data set.
 
     Args:
@@ -142,6 +221,9 @@ def open_data(spec: str | DataSpec, *, split: str = "auto", channels: int = 3,
             and falls back to ``test/``.
         channels: 1 reads images as grayscale, 3 as RGB.
         download: let torchvision download CIFAR (only when asked).
+        bad_files: ``stop`` at an unreadable image file with an error naming
+            it, or ``skip`` it and count it (image folders only: the other
+            formats are arrays).
 
     Raises:
         DataError: the data is missing or malformed.
@@ -156,6 +238,8 @@ def open_data(spec: str | DataSpec, *, split: str = "auto", channels: int = 3,
         return bundle
     if spec.kind == "imagefolder":
         train, val, classes, val_name = _imagefolder(spec.root, split, mode)
-        return DataBundle(train, val, classes, name=str(spec), val_split=val_name)
+        bundle = DataBundle(train, val, classes, name=str(spec), val_split=val_name)
+        bundle.set_bad_files(bad_files)
+        return bundle
     train, val, classes = _cifar(spec.kind, spec.root, mode, download)
     return DataBundle(train, val, classes, name=str(spec), val_split="test")

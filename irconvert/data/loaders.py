@@ -72,10 +72,13 @@ def resolve_normalization(cfg: DataConfig, model: nn.Module | None = None,
 
 
 def image_size(dataset: Dataset[Any]) -> tuple[int, int]:
-    """``(height, width)`` of a PIL-image dataset's first image."""
-    img, _ = dataset[0]
-    w, h = img.size
-    return h, w
+    """``(height, width)`` of a PIL-image dataset's first readable image."""
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        item = dataset[i]
+        if item is not None:  # None: an unreadable file being skipped
+            w, h = item[0].size
+            return h, w
+    raise DataError("no readable image in the training split")
 
 
 def build_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float], *,
@@ -105,7 +108,7 @@ def build_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]
     return T.Compose(steps)
 
 
-class AugmentedDataset(Dataset[tuple[Tensor, int]]):
+class AugmentedDataset(Dataset[tuple[Tensor, int] | None]):
     """Apply ``transform`` with a torch RNG seeded from ``(seed, epoch, index)``."""
 
     def __init__(self, base: Dataset[Any], transform: Any, seed: int = 0) -> None:
@@ -117,8 +120,11 @@ class AugmentedDataset(Dataset[tuple[Tensor, int]]):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        img, label = self.base[i]
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+        item = self.base[i]
+        if item is None:  # an unreadable file being skipped: collate leaves it out
+            return None
+        img, label = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, self.epoch, i))
             return self.transform(img), int(label)
@@ -156,7 +162,22 @@ def make_loader(dataset: Dataset[Any], *, batch_size: int, train: bool, seed: in
     drop_last = train and sampler.num_samples >= batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=False)
+                      persistent_workers=False, collate_fn=collate_readable)
+
+
+def collate_readable(samples: list[Any]) -> Any:
+    """``default_collate`` of the samples that are not None (unreadable files skipped).
+
+    A batch is one smaller per skipped file; a batch with no readable
+    sample at all means the data, not a file here and there, is broken.
+    """
+    from torch.utils.data import default_collate
+
+    readable = [s for s in samples if s is not None]
+    if not readable:
+        raise DataError(f"all {len(samples)} images of a batch are unreadable; check the "
+                        "data folder (is it a complete copy?)")
+    return default_collate(readable)
 
 
 def images_as_uint8(dataset: Dataset[Any]) -> tuple[Tensor, Tensor]:
@@ -169,7 +190,10 @@ def images_as_uint8(dataset: Dataset[Any]) -> tuple[Tensor, Tensor]:
                 torch.as_tensor(list(targets), dtype=torch.long))
     images, labels = [], []
     for i in range(len(dataset)):  # type: ignore[arg-type]
-        img, label = dataset[i]
+        item = dataset[i]
+        if item is None:  # an unreadable file, skipped (counted by the data set)
+            continue
+        img, label = item
         arr = np.asarray(img, dtype=np.uint8)
         images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
         labels.append(int(label))

@@ -94,6 +94,8 @@ class FitResult:
     # top-1 before any training: right after conversion, then after the
     # threshold / BatchNorm calibration (only when asked: two evaluations)
     start: dict[str, float] = field(default_factory=dict)
+    # image files found unreadable and left out (data.bad_files: skip)
+    skipped: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -183,6 +185,8 @@ class Trainer:
         self.stages: tuple[StageConfig, ...] = recipe.stage_list()
         if data.train is None:
             raise DataError(f"{data.name}: no train/ split to fine-tune on")
+        data.set_bad_files(recipe.data.bad_files)
+        self.skipped: list[str] = []
 
         self.num_classes = data.num_classes
         outputs = model_outputs(model)
@@ -196,6 +200,7 @@ class Trainer:
         self.mean, self.std = resolve_normalization(recipe.data, model, self.channels)
         seed_everything(recipe.seed)
         self._build_loaders()
+        self._note_skipped()  # the in-memory path has read every file already
 
         self.fp_result: EvalResult | None = None
         model = model.to(self.device)
@@ -282,6 +287,16 @@ class Trainer:
         self.val_loader = make_loader(AugmentedDataset(d.val, val_tf), batch_size=r.batch_size,
                                       train=False, seed=r.seed, workers=r.workers,
                                       pin_memory=pin, **common)
+
+    def _note_skipped(self) -> None:
+        """Log the unreadable files skipped since the last call (data.bad_files: skip)."""
+        new = [path for path in self.data.bad_paths() if path not in self.skipped]
+        if not new:
+            return
+        self.skipped += new
+        shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
+        self.progress.log(f"skipped {len(new)} unreadable image file(s) "
+                          f"(data.bad_files: skip): {shown}")
 
     def _set_epoch(self, epoch: int, skip_batches: int) -> None:
         sampler = (self.train_loader.sampler)
@@ -389,7 +404,7 @@ class Trainer:
             report=self.report.to_dict(), normalization={"mean": list(self.mean),
                                                          "std": list(self.std)},
             classes=list(self.data.classes), stage=self.stage_index,
-            thresholds_set=self._thresholds_set,
+            thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -421,6 +436,7 @@ class Trainer:
         self.fp_result = EvalResult(**fp) if fp else None
         self.history = list(ckpt.get("history", []))
         self._partial = [float(v) for v in ckpt.get("partial", [0, 0, 0, 0, 0])]
+        self.skipped = list(dict.fromkeys([*ckpt.get("skipped_files", []), *self.skipped]))
         set_rng_state(ckpt["rng"])
 
     def _save(self, name: str, ckpt: dict[str, Any] | None = None) -> None:
@@ -574,10 +590,45 @@ class Trainer:
                 "lr": lr, "t": t, "k": k, "images_per_s": n / max(secs, 1e-9), "time": secs}
 
     def run(self, *, resume: dict[str, Any] | None = None) -> FitResult:
-        """Train to the end of the recipe (from ``resume``'s state when given)."""
+        """Train to the end of the recipe (from ``resume``'s state when given).
+
+        A run that fails before its first ``last.pt`` leaves nothing behind:
+        the ``config.yaml``/``run.yaml`` it wrote are removed (and the run
+        directory, when this run created it and it is empty), so a folder
+        with only config files never looks like a run. A run that fails later
+        keeps everything, and a data or input error says which ``last.pt``
+        to ``--resume`` from once the cause is fixed.
+        """
+        created = resume is None and not self.out_dir.exists()
+        try:
+            return self._run(resume=resume)
+        except TrainingInterrupted:
+            raise  # last.pt was saved; the message says how to continue
+        except BaseException as exc:
+            if self.env.is_main:
+                self._after_failure(exc, created=created, resumed=resume is not None)
+            raise
+
+    def _after_failure(self, exc: BaseException, *, created: bool, resumed: bool) -> None:
+        out, last = self.out_dir, self.out_dir / "last.pt"
+        if not last.exists() and not resumed:
+            for name in (RUN_CONFIG, "run.yaml"):
+                (out / name).unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        elif last.exists() and isinstance(exc, IRConvertError) and not isinstance(
+                exc, TrainingDiverged):
+            exc.args = (f"{exc}; {last} is kept: once that is fixed, continue with: "
+                        f"irconvert binarize {out} --resume",)
+
+    def _run(self, *, resume: dict[str, Any] | None = None) -> FitResult:
         start = time.perf_counter()
         if resume is not None:
             self.load_state(resume)
+            if self.epoch >= self.epochs or self.global_step >= self.total_steps:
+                self.progress.log(f"note: the run in {self.out_dir} has finished all its "
+                                  f"{self.epochs} epochs; nothing to train (pass a larger "
+                                  "--epochs to continue it)")
         elif self.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._write_run_files()
@@ -606,6 +657,8 @@ class Trainer:
                         row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
                     else:
                         row.update(val_loss=None, val_top1=None, val_top5=None)
+                    self._note_skipped()
+                    row["skipped_images"] = len(self.skipped)
                     self.history.append(row)
                     self.epoch += 1
                     self.step_in_epoch = 0
@@ -636,7 +689,7 @@ class Trainer:
             fp_top5=self.fp_result.top5 if self.fp_result else None,
             best_top1=self.best_top1, final=final, report=self.report.to_dict(),
             wall_time=time.perf_counter() - start, epochs=self.epochs, history=self.history,
-            start=dict(self.start_top1),
+            start=dict(self.start_top1), skipped=list(self.skipped),
         )
 
 
@@ -670,7 +723,8 @@ def fit(model: nn.Module, data: DataBundle | str, recipe: TrainConfig,
     else:
         check_new_run(out)
     if isinstance(data, str):
-        data = open_data(data, channels=model_channels(model), download=download)
+        data = open_data(data, channels=model_channels(model), download=download,
+                         bad_files=recipe.data.bad_files)
     trainer = Trainer(model, data, recipe, out, arch=arch, source=source, run_info=run_info,
                       replace_classifier=replace_classifier, quiet=quiet, progress=progress,
                       on_step=on_step, evaluate_fp=evaluate_fp and ckpt is None,

@@ -16,7 +16,14 @@ from irconvert.data import (
     parse_data_spec,
     resolve_normalization,
 )
-from irconvert.data.loaders import images_as_uint8
+from irconvert.data.datasets import BadImageError
+from irconvert.data.loaders import (
+    AugmentedDataset,
+    build_transform,
+    collate_readable,
+    images_as_uint8,
+    make_loader,
+)
 from irconvert.errors import ConfigError, DataError
 from tests._train_helpers import make_imagefolder
 
@@ -117,3 +124,74 @@ def test_digits_split_is_fixed() -> None:
     assert a.train is not None
     assert len(a.train) == 1437 and len(a.val) == 360  # type: ignore[arg-type]
     assert a.val.targets == b.val.targets  # type: ignore[attr-defined]
+
+
+def _spoil(root: Path) -> list[Path]:
+    """A truncated PNG in train/ and a text file named .jpg in val/."""
+    cut = root / "train" / "class1" / "0.png"
+    cut.write_bytes(cut.read_bytes()[:40])
+    text = root / "val" / "class2" / "notes.jpg"
+    text.write_text("not an image")
+    return [cut, text]
+
+
+def test_an_unreadable_image_is_named(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "d", train=2, val=1)
+    cut, _ = _spoil(root)
+    bundle = open_data(f"imagefolder:{root}")
+    assert bundle.train is not None
+    index = [p for p, _ in bundle.train.folder.samples].index(str(cut))  # type: ignore[attr-defined]
+    with pytest.raises(BadImageError, match="--skip-bad-images") as err:
+        bundle.train[index]
+    assert str(err.value).startswith(f"{cut}: unreadable image (")
+    assert bundle.bad_paths() == [str(cut)]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_files_stop_through_a_loader_is_one_line(tmp_path: Path, workers: int) -> None:
+    # Regression: a worker re-raised it as "Caught OSError in DataLoader worker
+    # process 0" plus a traceback, naming no file.
+    root = make_imagefolder(tmp_path / "d", train=2, val=1)
+    cut, _ = _spoil(root)
+    bundle = open_data(f"imagefolder:{root}")
+    tf = build_transform(DataConfig(), (0.5,) * 3, (0.25,) * 3, train=False)
+    loader = make_loader(AugmentedDataset(bundle.train, tf), batch_size=4, train=False,  # type: ignore[arg-type]
+                         seed=0, workers=workers, pin_memory=False)
+    with pytest.raises(BadImageError) as err:
+        list(loader)
+    assert str(err.value).startswith(f"{cut}: unreadable image") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_files_skip_leaves_them_out_and_counts_them(tmp_path: Path, workers: int) -> None:
+    root = make_imagefolder(tmp_path / "d", train=2, val=1)
+    cut, text = _spoil(root)
+    bundle = open_data(f"imagefolder:{root}", bad_files="skip")
+    tf = build_transform(DataConfig(), (0.5,) * 3, (0.25,) * 3, train=False)
+    seen = 0
+    for split in (bundle.train, bundle.val):
+        loader = make_loader(AugmentedDataset(split, tf), batch_size=3, train=False,  # type: ignore[arg-type]
+                             seed=0, workers=workers, pin_memory=False)
+        seen += sum(len(y) for _, y in loader)
+    assert seen == 8 + 5 - 2  # every readable image (val/ has notes.jpg too), once
+    # found by a worker process, counted here (a shared-memory flag per sample)
+    assert sorted(bundle.bad_paths()) == sorted([str(cut), str(text)])
+
+
+def test_in_memory_path_names_or_skips_bad_files_alike(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "d", train=2, val=1)
+    cut, _ = _spoil(root)
+    bundle = open_data(f"imagefolder:{root}")
+    with pytest.raises(BadImageError, match=f"^{cut}: unreadable image"):
+        images_as_uint8(bundle.train)  # type: ignore[arg-type]
+    bundle.set_bad_files("skip")
+    images, labels = images_as_uint8(bundle.train)  # type: ignore[arg-type]
+    assert images.shape[0] == labels.shape[0] == 7
+    assert bundle.bad_paths() == [str(cut)]
+
+
+def test_a_batch_with_no_readable_image_stops() -> None:
+    with pytest.raises(DataError, match="all 2 images of a batch are unreadable"):
+        collate_readable([None, None])
+    _, y = collate_readable([None, (torch.zeros(1), 3)])
+    assert y.tolist() == [3]

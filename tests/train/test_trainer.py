@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from irconvert.checkpoint import load_checkpoint
+from irconvert.data.datasets import BadImageError
 from irconvert.errors import DataError
 from irconvert.nn import IRLayer
 from irconvert.train.recipe import TrainConfig, recipe_from_dict
@@ -214,3 +215,58 @@ def test_adamw_grad_clip_label_smoothing_step_schedule(tiny_data: str, tmp_path:
     assert len(lrs) == 4 and result.history[0]["val_top1"] is not None
     # lr set for the next step: warmup 0 -> 0.01 at step 1, x0.1 from step 2 on
     assert lrs == pytest.approx([0.01, 0.001, 0.001, 0.001])
+
+
+@pytest.fixture
+def spoiled_data(tmp_path: Path) -> tuple[str, Path]:
+    root = make_imagefolder(tmp_path / "spoiled", train=6, val=2)
+    bad = root / "train" / "class1" / "0.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    return f"imagefolder:{root}", bad
+
+
+@pytest.mark.parametrize("gpu_cache", [False, True])
+def test_an_unreadable_image_stops_the_run_and_leaves_nothing(
+        spoiled_data: tuple[str, Path], tmp_path: Path, gpu_cache: bool) -> None:
+    data, bad = spoiled_data
+    data_cfg = {"mean": [0.5] * 3, "std": [0.25] * 3, "crop": 8, "padding": 1,
+                "gpu_cache": gpu_cache}
+    out = tmp_path / "run"
+    with pytest.raises(BadImageError, match=f"^{bad}: unreadable image"):
+        fit(make_model(), data, tiny_recipe(epochs=1, data=data_cfg), out, quiet=True,
+            evaluate_fp=False)
+    assert not out.exists()  # no folder with only config.yaml/run.yaml in it
+
+
+@pytest.mark.parametrize("gpu_cache", [False, True])
+def test_unreadable_images_can_be_skipped_and_counted(
+        spoiled_data: tuple[str, Path], tmp_path: Path, gpu_cache: bool) -> None:
+    data, bad = spoiled_data
+    data_cfg = {"mean": [0.5] * 3, "std": [0.25] * 3, "crop": 8, "padding": 1,
+                "gpu_cache": gpu_cache, "bad_files": "skip"}
+    logged: list[str] = []
+    from irconvert.train.progress import make_progress
+
+    progress = make_progress(quiet=True)
+    progress.log = logged.append  # type: ignore[method-assign]
+    result = fit(make_model(), data, tiny_recipe(epochs=1, data=data_cfg), tmp_path / "run",
+                 progress=progress, evaluate_fp=False)
+    assert result.skipped == [str(bad)]
+    assert any("skipped 1 unreadable image file(s)" in line and str(bad) in line
+               for line in logged), logged
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["skipped_images"] == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["skipped_files"] == [str(bad)]
+
+
+def test_a_failure_after_the_first_epoch_keeps_the_run(tiny_data: str, tmp_path: Path) -> None:
+    def fail(trainer: Trainer) -> None:
+        if trainer.epoch == 1:
+            raise DataError("x.png: unreadable image")
+
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=r"x.png: unreadable image; .*last.pt is kept: .*"
+                                        r"irconvert binarize .* --resume"):
+        fit(make_model(), tiny_data, tiny_recipe(epochs=2), out, quiet=True, on_step=fail,
+            evaluate_fp=False)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
