@@ -61,6 +61,7 @@ __all__ = [
     "RUN_OUTPUTS",
     "atomic_save",
     "check_new_run",
+    "check_resumable",
     "find_checkpoint",
     "is_checkpoint",
     "is_run_dir",
@@ -103,6 +104,41 @@ def missing_run_file(path: str | os.PathLike[str]) -> str | None:
     return next((name for name in RUN_FILES if not (p / name).is_file()), None)
 
 
+def check_resumable(path: str | os.PathLike[str], *, needs: tuple[str, ...] = RUN_FILES) -> Path:
+    """``path`` as a run directory ``--resume`` can continue, checked cheaply.
+
+    Before a model is loaded or data opened: the folder exists, holds the
+    files in ``needs`` and its ``last.pt`` is not cut short (the zip index
+    is read, not the tensors).
+
+    Raises:
+        LoadError: one line saying what ``path`` is instead.
+    """
+    import zipfile
+
+    run = Path(path)
+    if not run.exists():
+        raise LoadError(f"{run}: no such run directory; --resume continues a run: give its "
+                        "folder as MODEL, or as --out with the original MODEL")
+    if run.is_file():
+        hint = (f"; pass its folder {run.parent}" if run.name in (LAST, BEST)
+                and is_run_dir(run.parent) else "")
+        raise LoadError(f"{run}: --resume takes a run directory (the --out of "
+                        f"'irconvert binarize'), not a file{hint}")
+    missing = [name for name in needs if not (run / name).is_file()]
+    if missing == [LAST] and is_run_dir(run):
+        raise LoadError(f"{run}: the run there never finished an epoch (no {LAST}); "
+                        "start it again without --resume")
+    if missing:
+        raise LoadError(f"{run}: not a run directory (no {', '.join(missing)}); --resume "
+                        "continues the --out folder of an 'irconvert binarize' run")
+    last = run / LAST
+    if not zipfile.is_zipfile(last):
+        raise LoadError(f"{last}: truncated or damaged, so the run cannot be resumed from it "
+                        f"(was it copied?); start the run again, or export {BEST} if it is intact")
+    return run
+
+
 def read_run_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``run.yaml`` of a run directory that can be resumed.
 
@@ -112,10 +148,7 @@ def read_run_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     import yaml
 
-    run = Path(path)
-    missing = missing_run_file(run)
-    if missing is not None:
-        raise LoadError(f"{run}: not a run directory (no {missing})")
+    run = check_resumable(path)
     try:
         info = yaml.safe_load((run / RUN_INFO).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
@@ -135,9 +168,7 @@ def check_new_run(path: str | os.PathLike[str]) -> None:
 
 def load_resume_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``last.pt`` of the run directory ``path``, to continue it."""
-    out = Path(path)
-    if not (out / LAST).is_file():
-        raise LoadError(f"{out}: no {LAST} to resume from")
+    out = check_resumable(path, needs=(LAST,))
     return load_run_checkpoint(out / LAST)
 
 

@@ -17,6 +17,9 @@ DataOpt = Annotated[str, typer.Option(
     "--data", help="imagefolder:PATH (train/ and val/ or test/ inside), cifar10:PATH, "
     "cifar100:PATH, digits, or a folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no progress bars.")]
+SkipBad = Annotated[bool, typer.Option(
+    "--skip-bad-images", help="Leave unreadable image files (truncated, not an image) out "
+    "and count them, instead of stopping at the first one (recipe: data.bad_files).")]
 
 
 def _float_list(value: str | None, name: str) -> tuple[float, ...] | None:
@@ -56,6 +59,8 @@ def render_summary(result: Any, quiet: bool) -> None:
         ("size after packing", f"{human_bytes(report['packed_bytes'])} "
                                f"({report['compression']:.1f}x smaller)"),
         ("epochs", _epochs_by_stage(result.history, result.epochs)),
+        *([("unreadable images skipped", f"{len(result.skipped)} (named in the log)")]
+          if getattr(result, "skipped", None) else []),
         ("wall time", f"{result.wall_time:.1f} s"),
         ("run directory", str(result.run_dir)),
     ]
@@ -151,8 +156,10 @@ def binarize(
     download: Annotated[bool, typer.Option(
         "--download", help="Let torchvision download CIFAR into the --data path.")] = False,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out (or the run directory given as MODEL) "
-        "from its last.pt.")] = False,
+        "--resume", help="Continue a run from its last.pt: give the run directory as MODEL "
+        "(binarize RUN --resume), or the original MODEL with the run's --data and --out.")]
+    = False,
+    skip_bad_images: SkipBad = False,
     quiet: Quiet = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the conversion plan and the resolved recipe; train nothing.")]
@@ -164,12 +171,18 @@ def binarize(
     and curves.png. Ctrl-C or SIGTERM saves last.pt first; --resume continues it
     exactly. Works under torchrun (one process per GPU).
 
+    An unreadable image file (truncated, not an image) stops the run with its
+    name; --skip-bad-images leaves such files out and counts them (in the log,
+    metrics.jsonl and the summary). A run that fails before its first epoch
+    ends removes what it wrote, so no folder with only config files is left; a
+    later failure keeps last.pt and says how to --resume.
+
     Without --data: convert only, write a binarized model.pt (for export and
     a later fine-tuning; accuracy is near chance until then) and print the
     command that fine-tunes it. With --epochs 0: also re-estimate BatchNorm
     on --data and report the post-training accuracy.
     """
-    from irconvert.checkpoint import CONFIG, LAST, is_run_dir, missing_run_file
+    from irconvert.checkpoint import CONFIG, LAST, check_resumable, is_run_dir
     from irconvert.config import TrainConfig
     from irconvert.train.recipe import apply_overrides, load_recipe
     from irconvert.train.trainer import binarize_and_train, resume_run
@@ -178,16 +191,19 @@ def binarize(
     # (it is not a valid recipe value).
     overrides = {"steps": steps, "optimizer.lr": lr, "batch_size": batch_size,
                  "binarize.act_bits": act_bits, "device": device, "seed": seed,
-                 "workers": workers, "amp": amp, **_parse_sets(sets)}
+                 "workers": workers, "amp": amp,
+                 "data.bad_files": "skip" if skip_bad_images else None, **_parse_sets(sets)}
     run_dir_given = is_run_dir(model)
     if run_dir_given and not resume:
         raise typer.BadParameter(f"{model} is a run directory; add --resume to continue it",
                                  param_hint="MODEL")
     post_training = not run_dir_given and (data is None or epochs == 0)
-    if resume and not run_dir_given and data is None:
-        missing = missing_run_file(model) or LAST
-        raise typer.BadParameter(f"{model} is not a run directory (no {missing})",
-                                 param_hint="MODEL")
+    if resume:  # what is to be continued must be checked before --data and --out are
+        with user_errors():
+            if out is None or run_dir_given:
+                check_resumable(model)
+            else:
+                check_resumable(out, needs=(LAST,))
     if resume and epochs == 0:
         raise typer.BadParameter("0 (post-training) cannot continue a run; drop --resume",
                                  param_hint="--epochs")
@@ -328,6 +344,7 @@ def eval_cmd(
     std: Annotated[str | None, typer.Option("--std", help="Normalisation std.")] = None,
     limit: Annotated[int | None, typer.Option(
         "--limit", min=1, help="Evaluate an evenly spaced subset of this many images.")] = None,
+    skip_bad_images: SkipBad = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Measure top-1/top-5 accuracy and loss of a model on a data set."""
@@ -339,7 +356,8 @@ def eval_cmd(
     with user_errors():
         result = evaluate_any(path, data, split=split, batch_size=batch_size, device=device,
                               workers=workers, arch=arch, num_classes=num_classes,
-                              trust_pickle=trust_pickle, mean=m, std=s, limit=limit)
+                              trust_pickle=trust_pickle, mean=m, std=s, limit=limit,
+                              bad_files="skip" if skip_bad_images else "stop")
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if as_json:

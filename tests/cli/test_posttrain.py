@@ -158,8 +158,8 @@ def test_post_training_errors_are_one_line(args: list[str], message: str) -> Non
 def test_resume_of_a_folder_that_is_no_run(tmp_path: Path) -> None:
     (tmp_path / "notarun").mkdir()
     result = runner.invoke(app, ["binarize", "notarun", "--resume"])
-    assert result.exit_code == 2
-    assert "notarun is not a run directory (no last.pt)" in _single_lines(result.output)
+    assert result.exit_code == 1
+    assert "notarun: not a run directory (no last.pt" in _single_lines(result.output)
     assert "--data" not in result.output
 
 
