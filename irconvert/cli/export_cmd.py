@@ -87,8 +87,19 @@ def export(
 
 @app.command()
 def bench(
-    paths: Annotated[list[Path], typer.Argument(
-        help="Exported models: .irc, .onnx, or OpenVINO .xml / directory.")],
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Exported models: .irc, .onnx, or OpenVINO .xml / directory. The first is the "
+        "speed-up baseline.", show_default=False)] = None,
+    src: Annotated[Path | None, typer.Option(
+        "--from", help="A run checkpoint or run directory: export it every way and compare "
+        "side by side with onnxruntime fp32 of the original model (instead of PATHS).")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="With --from: calibration data for the OpenVINO int8 row "
+        "(imagefolder:PATH, cifar10:PATH, ...).")] = None,
+    calib_images: Annotated[int, typer.Option(
+        "--calib-images", min=1, help="With --data: calibration images.")] = 256,
+    keep: Annotated[Path | None, typer.Option(
+        "--keep", help="With --from: keep the exported files in this new directory.")] = None,
     batch: Annotated[list[int] | None, typer.Option(
         "--batch", "-b", min=1, help="Batch size; repeatable (default 1).")] = None,
     threads: Annotated[list[int] | None, typer.Option(
@@ -98,24 +109,52 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
     input_size: InputSize = None,
 ) -> None:
-    """Median latency and throughput of exported models on this CPU."""
-    from irconvert.export.bench import bench as run_bench
+    """Median latency, throughput, size and speed-up of exported models on this CPU.
+
+    Models take turns (round robin), so a change in machine load hits them alike.
+    """
+    import tempfile
+
+    from irconvert.export.bench import build_comparison, compare
 
     size = _input_size(input_size)
-    with user_errors():
-        rows = run_bench(list(paths), batch or [1], threads or [0], warmup=warmup, runs=runs,
-                         input_size=size)
-    columns = [Column(c, justify="left" if c in ("model", "format") else "right")
-               for c in ("model", "format", "size", "batch", "threads", "latency ms",
-                         "images/s")]
-    cells = []
-    for r in rows:
-        name = Path(r.path)
-        label = f"{name.parent.name}/{name.name}" if name.name == "model.xml" else name.name
-        cells.append([escape(label), r.format, human_bytes(r.bytes), str(r.batch),
-                      "all" if r.threads == 0 else str(r.threads), f"{r.median_ms:.2f}",
-                      f"{r.throughput:.1f}"])
-    print_table(console, "inference benchmark (median of timed runs)", columns, cells)
+    if bool(paths) == (src is not None):
+        raise typer.BadParameter("give exported model PATHS or --from CHECKPOINT (one of them)")
+    if src is None and (data is not None or keep is not None):
+        raise typer.BadParameter("--data and --keep go with --from", param_hint="--data")
+    notes: list[str] = []
+    with user_errors(), tempfile.TemporaryDirectory(prefix="irconvert-bench-") as tmp:
+        if src is not None:
+            work = Path(tmp)
+            if keep is not None:
+                if keep.exists():
+                    from irconvert.errors import ExportError
+
+                    raise ExportError(f"{keep} already exists; --keep needs a new directory")
+                keep.mkdir(parents=True)
+                work = keep
+            files, notes = build_comparison(src, work, data=data, calib_images=calib_images,
+                                            input_size=size)
+        else:
+            assert paths is not None
+            files = {_label(p): p for p in paths}
+        rows = compare(files, batch or [1], threads or [0], warmup=warmup, runs=runs,
+                       input_size=size)
+    columns = [Column(c, justify="left" if c in ("model", "engine") else "right")
+               for c in ("model", "engine", "size", "batch", "threads", "latency ms",
+                         "images/s", "speed-up")]
+    engines = {"packed": "PyTorch", "onnx": "onnxruntime", "openvino": "OpenVINO"}
+    cells = [[escape(r.label), engines.get(r.format, r.format), human_bytes(r.bytes), str(r.batch),
+              "all" if r.threads == 0 else str(r.threads), f"{r.median_ms:.2f}",
+              f"{r.throughput:.1f}", f"{r.speedup:.2f}x" if r.speedup else ""] for r in rows]
+    print_table(console, f"inference benchmark (median of {runs} timed runs, engines taking "
+                f"turns; speed-up vs {escape(rows[0].label)})", columns, cells)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def _label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}" if path.name == "model.xml" else path.name
 
 
 def render_packed(path: str) -> None:

@@ -1,4 +1,13 @@
-"""Latency and throughput of exported models (median over timed runs)."""
+"""Latency and throughput of exported models (median over timed runs).
+
+:func:`bench` times files a user already has. :func:`compare` builds, from
+one run checkpoint, everything worth comparing and times it side by side:
+onnxruntime fp32 of the original (float) model as the baseline, the binary
+export in each engine (``.irc`` in PyTorch, ONNX in onnxruntime, OpenVINO IR)
+and, given calibration data, the OpenVINO IR with int8 kept layers. The
+engines take turns (round robin) so that a machine whose load changes during
+the run slows them all alike.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,14 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from irconvert.export.runtime import Predictor, load_predictor
 
-__all__ = ["BenchRow", "bench", "bench_predictor", "model_bytes"]
+__all__ = ["BASELINE", "BenchRow", "bench", "bench_predictor", "build_comparison", "compare",
+           "model_bytes"]
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 
@@ -29,6 +40,8 @@ class BenchRow:
     throughput: float  # images per second
     runs: int
     bytes: int
+    label: str = ""  # what it is, e.g. "OpenVINO binary + int8" (compare's rows)
+    speedup: float | None = None  # vs the baseline at the same batch and threads
 
 
 def model_bytes(path: str | os.PathLike[str]) -> int:
@@ -78,4 +91,120 @@ def bench(
             for batch in batches:
                 rows.append(bench_predictor(predict, batch, threads=n, warmup=warmup, runs=runs,
                                             input_size=input_size))
+    return rows
+
+
+BASELINE = "onnxruntime fp32 (original model)"
+
+
+def float_onnx(model: Any, path: Path, input_size: tuple[int, ...]) -> None:
+    """The float model as ONNX (dynamic batch) for the fp32 baseline."""
+    import contextlib
+    import io
+
+    import torch
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(model.eval(), (torch.randn(2, *input_size),), str(path), dynamo=True,
+                          opset_version=18, input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          external_data=False)
+
+
+def _ort_default(path: Path, threads: int) -> Predictor:
+    """onnxruntime with all its graph optimizations: the fair fp32 baseline."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run(None, {"input": x})[0]
+        return out
+
+    dims = session.get_inputs()[0].shape[1:]
+    size = tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
+    return Predictor(path, "onnx", run, size)
+
+
+def build_comparison(src: str | os.PathLike[str], workdir: Path, *, data: str | None = None,
+                     calib_images: int = 256, input_size: tuple[int, ...] | None = None,
+                     ) -> tuple[dict[str, Path], list[str]]:
+    """Export a run checkpoint every way :func:`compare` times; ``({label: file}, notes)``.
+
+    The original model is the checkpoint's model with its IR-Net layers
+    turned back into float layers (:func:`irconvert.unbinarize_`, latent
+    weights; block transforms such as extra shortcuts stay, and cost little).
+    """
+    import copy
+
+    from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
+    from irconvert.convert import unbinarize_
+    from irconvert.export.api import export_checkpoint
+
+    ckpt = load_checkpoint(src)
+    model = model_from_checkpoint(ckpt)
+    size = input_size or tuple(getattr(model, "irconvert_input_size", None) or DEFAULT_INPUT_SIZE)
+    original = copy.deepcopy(model)
+    unbinarize_(original)
+    files = {BASELINE: workdir / "original_fp32.onnx"}
+    float_onnx(original, files[BASELINE], size)
+    exports: dict[str, tuple[str, Path, dict[str, Any]]] = {
+        "PyTorch binary (.irc)": ("packed", workdir / "model.irc", {}),
+        "onnxruntime binary": ("onnx", workdir / "model.onnx", {}),
+        "OpenVINO binary": ("openvino", workdir / "model_ov", {"int8": False})}
+    notes = []
+    if data is not None:
+        exports["OpenVINO binary + int8"] = ("openvino", workdir / "model_ov_int8",
+                                             {"data": data, "calib_images": calib_images})
+    else:
+        notes.append("no --data: the int8 row is left out (it needs calibration images)")
+    for label, (fmt, path, kwargs) in exports.items():
+        export_checkpoint(src, fmt, path, input_size=input_size, **kwargs)
+        files[label] = path
+    return files, notes
+
+
+def compare(
+    files: dict[str, Path], batches: list[int], threads: list[int], *, warmup: int = 2,
+    runs: int = 10, rounds: int = 3, input_size: tuple[int, ...] | None = None,
+) -> list[BenchRow]:
+    """Time each labelled file at every batch and thread count, engines taking turns.
+
+    The first label is the baseline of the ``speedup`` column (its latency
+    over each row's, at the same batch and threads). Each setting runs
+    ``rounds`` rounds of ``ceil(runs / rounds)`` timed calls per engine,
+    round robin; the row holds the median over all of them.
+    """
+    labels = list(files)
+    rows: list[BenchRow] = []
+    rounds = max(1, min(rounds, runs))
+    per_round = -(-runs // rounds)
+    for n in threads:
+        predictors = {label: _ort_default(path, n) if label == BASELINE
+                      else load_predictor(path, threads=n) for label, path in files.items()}
+        size = input_size or next((p.input_size for p in predictors.values() if p.input_size),
+                                  None) or DEFAULT_INPUT_SIZE
+        for batch in batches:
+            x = np.random.default_rng(0).standard_normal((batch, *size), dtype=np.float32)
+            times: dict[str, list[float]] = {label: [] for label in labels}
+            for label in labels:
+                for _ in range(warmup):
+                    predictors[label](x)
+            for _ in range(rounds):
+                for label in labels:
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        predictors[label](x)
+                        times[label].append(time.perf_counter() - t0)
+            base = statistics.median(times[labels[0]])
+            for label in labels:
+                median = statistics.median(times[label])
+                p = predictors[label]
+                rows.append(BenchRow(path=str(p.path), format=p.format, batch=batch, threads=n,
+                                     median_ms=median * 1000, throughput=batch / median,
+                                     runs=len(times[label]), bytes=model_bytes(p.path),
+                                     label=label, speedup=base / median))
     return rows

@@ -331,7 +331,7 @@ def to_openvino_model(
         ov_model.validate_nodes_and_infer_types()
         ran = runtime_precisions(compile_openvino(ov_model, 1))
         for layer in kept:
-            _, precision, kernel = ran.get(layer.op.get_friendly_name(), ("", "", ""))
+            _, precision, kernel = _runtime_row(ran, layer.op.get_friendly_name())
             really = precision in ("u8", "i8")
             int8 += really
             why = f"{layer.role} {layer.shape}: int8 weights per channel, calibrated inputs"
@@ -343,6 +343,15 @@ def to_openvino_model(
                                   f"{int8_off_reason}") for layer in kept]
     report += others
     return OpenVinoGraph(ov_model, count, fallback, report, int8)
+
+
+def _runtime_row(ran: dict[str, tuple[str, str, str]], name: str) -> tuple[str, str, str]:
+    """The compiled node that runs ``name`` (the plugin may rename it ``name/...``)."""
+    if name in ran:
+        return ran[name]
+    rows = [row for key, row in ran.items() if key.startswith(name + "/")
+            and row[0] in ("Convolution", "FullyConnected", "MatMul")]
+    return rows[0] if rows else ("", "", "")
 
 
 def _has_ir(model: nn.Module) -> bool:

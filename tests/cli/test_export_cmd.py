@@ -76,6 +76,24 @@ def test_export_onnx_and_bench(run_dir: Path, tmp_path: Path) -> None:
                                  "--threads", "1", "--runs", "2", "--warmup", "0"])
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and result.output.count("onnx") >= 2
+    assert "1.00x" in result.output  # the first file is the speed-up baseline
+
+
+@pytest.mark.openvino
+def test_bench_side_by_side(run_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    keep = tmp_path / "files"
+    result = runner.invoke(app, ["bench", "--from", str(run_dir), "--threads", "1", "--runs",
+                                 "1", "--warmup", "0", "--keep", str(keep)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for label in ("onnxruntime fp32 (original model)", "PyTorch binary (.irc)",
+                  "onnxruntime binary", "OpenVINO binary"):
+        assert label in result.output
+    assert "speed-up" in result.output and "no --data" in result.output
+    assert (keep / "original_fp32.onnx").is_file() and (keep / "model_ov" / "model.xml").is_file()
+    assert runner.invoke(app, ["bench"]).exit_code == 2  # neither PATHS nor --from
+    assert runner.invoke(app, ["bench", str(keep / "model.irc"), "--from",
+                               str(run_dir)]).exit_code == 2
 
 
 @pytest.mark.openvino
