@@ -46,3 +46,10 @@ class ExportError(IRConvertError):
 
 class MissingDependencyError(IRConvertError):
     """An optional package (an inference engine, for instance) is not installed."""
+
+
+class WriteError(IRConvertError, OSError):
+    """An output could not be written (no space left, no permission, a read-only disk).
+
+    Also an ``OSError``, so code that catches file-system errors still does.
+    """

@@ -82,7 +82,7 @@ def _run_training(call: Any, quiet: bool) -> None:
         except TrainingInterrupted as exc:
             err_console.print(f"[bold yellow]interrupted:[/] {exc}", highlight=False,
                               soft_wrap=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(exc.exit_code) from None  # 130 Ctrl-C, 143 SIGTERM
     if result.run_dir is not None and _is_main():
         render_summary(result, quiet)
 

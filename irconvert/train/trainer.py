@@ -71,7 +71,13 @@ __all__ = [
 
 
 class TrainingInterrupted(IRConvertError):
-    """Training stopped on request (Ctrl-C, SIGTERM); ``last.pt`` was saved."""
+    """Training stopped on request (Ctrl-C, SIGTERM); ``last.pt`` was saved.
+
+    ``exit_code`` is the shell's convention for the signal: 130 for Ctrl-C
+    (SIGINT), 143 for SIGTERM.
+    """
+
+    exit_code = 128 + signal.SIGINT
 
 
 class TrainingDiverged(IRConvertError):
@@ -127,6 +133,7 @@ def _stop_signals(trainer: Trainer) -> Iterator[None]:
         if trainer.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         trainer.stop_requested = True
+        trainer.stop_signal = signum
         trainer.progress.log(f"{signal.Signals(signum).name} received: saving last.pt and "
                              "stopping after this step (Ctrl-C again to abort)")
 
@@ -177,6 +184,7 @@ class Trainer:
             self.device = torch.device("cuda", self.env.local_rank)
         self.progress = progress or make_progress(quiet=quiet, is_main=self.env.is_main)
         self.stop_requested = False
+        self.stop_signal = int(signal.SIGINT)  # which signal asked (for the exit code)
         self.use_amp = resolve_amp(self.device, recipe.amp)
         if self.use_amp != recipe.amp:
             self.progress.log(f"note: amp {recipe.amp} is not available on this "
@@ -472,6 +480,11 @@ class Trainer:
             f"{self.out_dir / 'last.pt'} holds the last good epoch. Lower optimizer.lr, "
             "set grad_clip (e.g. 1.0) or amp: none, then start again or resume")
 
+    def _interrupted(self, message: str) -> TrainingInterrupted:
+        error = TrainingInterrupted(message)
+        error.exit_code = 128 + self.stop_signal
+        return error
+
     def _stop_everywhere(self) -> bool:
         if not self.env.distributed:
             return self.stop_requested
@@ -494,8 +507,8 @@ class Trainer:
         ones whenever they run, so a resumed run repeats them exactly).
         """
         steps = self.recipe.bn_recalibration
-        from irconvert.train.bn import recalibrate_bn
         from irconvert.nn.thresholds import init_act_thresholds
+        from irconvert.train.bn import recalibrate_bn
 
         acts_on = any(getattr(m, "acts_on", False) and getattr(m, "binary_act", False)
                       for m in self.model.modules())
@@ -575,7 +588,7 @@ class Trainer:
             if self._stop_everywhere():
                 self._sync_buffers()
                 self._save("last.pt")
-                raise TrainingInterrupted(
+                raise self._interrupted(
                     f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
                     f"last.pt saved in {self.out_dir}; continue with: irconvert binarize "
                     f"{self.out_dir} --resume")
@@ -675,7 +688,7 @@ class Trainer:
                         plot_curves(self.out_dir / "curves.png", self.history)
                     self.progress.epoch_end(row)
                     if self.stop_requested:  # arrived between the last step and here
-                        raise TrainingInterrupted(
+                        raise self._interrupted(
                             f"stopped after epoch {self.epoch}; last.pt saved in "
                             f"{self.out_dir}; continue with: irconvert binarize "
                             f"{self.out_dir} --resume")

@@ -170,3 +170,41 @@ def test_resume_of_what_is_not_a_run(files: dict[str, Path], target: str, what: 
     path = files["base"] / target
     for extra in ([], ["--data", f"imagefolder:{files['data']}"]):
         one_line_error(runner.invoke(app, ["binarize", str(path), "--resume", *extra]), what)
+
+
+def test_an_output_that_cannot_be_written(files: dict[str, Path], tmp_path: Path) -> None:
+    # Regression: "internal error: FileExistsError: 'afile'", exit 2.
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for args in (["export", str(files["run"]), "--out", str(blocker / "sub" / "m.irc")],
+                 ["binarize", str(files["fp"]), "--arch", "digits_cnn", "--out",
+                  str(blocker / "model.pt")]):
+        one_line_error(runner.invoke(app, args), str(blocker / ""),
+                       "cannot write it (a file stands where its folder should be)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_full_disk_names_the_output(files: dict[str, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: a full disk was "internal error: SafetensorError ... os error 28"
+    # (export) or "RuntimeError: unexpected pos 64 vs 0" (torch.save), exit 2,
+    # and a failed export left the folders it had made.
+    import irconvert.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_disk_full", lambda folder: True)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(" . unexpected pos 64 vs 0")  # what torch.save says
+
+    monkeypatch.setattr("irconvert.checkpoint.torch.save", full)
+    out = tmp_path / "new" / "m.irc"
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    one_line_error(runner.invoke(app, ["export", str(files["run"]), "--out", str(out)]),
+                   f"{out}: cannot write it (no space left on device)")
+    # a checkpoint save in training: the run leaves nothing (it had no last.pt)
+    run = tmp_path / "run"
+    one_line_error(runner.invoke(app, ["binarize", str(files["fp"]), "--arch", "digits_cnn",
+                                       "--data", f"imagefolder:{files['data']}", "--recipe",
+                                       str(files["recipe"]), "--out", str(run), "--quiet"]),
+                   f"{run / 'last.pt'}: cannot write it (no space left on device)")
+    assert list(tmp_path.iterdir()) == []

@@ -186,9 +186,10 @@ def test_sigterm_saves_last_pt(tiny_data: str, tmp_path: Path) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(TrainingInterrupted, match=r"last\.pt saved"):
+    with pytest.raises(TrainingInterrupted, match=r"last\.pt saved") as err:
         fit(make_model(), tiny_data, tiny_recipe(epochs=1), tmp_path / "r", quiet=True,
             on_step=kill)
+    assert err.value.exit_code == 143  # 128 + SIGTERM, as shells expect (Ctrl-C: 130)
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is removed again
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 2
 
