@@ -21,6 +21,15 @@ Generated from the command line by `python tools/cli_docs.py`; a test fails
 when it is stale. Every command prints one line and exits non-zero on an error
 a user can cause (exit 1; 2 for internal errors); `--debug` shows the
 traceback. `irconvert COMMAND --help` prints the same text.
+
+A damaged input is named with what is wrong with it: a truncated or empty
+`.irc`, `.pt` or `.onnx`, an OpenVINO folder without its `model.bin`, an
+unreadable image (`binarize`/`eval --skip-bad-images` leave those out and
+count them instead). Every output is written beside its target and renamed
+into place, so a failed write (`OUT: cannot write it (no space left on
+device)`) leaves no half-written file and no folder it made; temporary files
+of a killed writer are removed by the next write to that path. Training
+stopped by Ctrl-C or SIGTERM saves `last.pt` and exits 130 or 143.
 """
 
 

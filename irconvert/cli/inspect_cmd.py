@@ -66,6 +66,21 @@ def render_report(report: ConversionReport, title: str) -> None:
                       soft_wrap=True)
 
 
+def _refuse_other_exports(source: str) -> None:
+    """ONNX and OpenVINO files are no PyTorch model: say what to run on them instead."""
+    from irconvert.errors import LoadError
+    from irconvert.export.runtime import detect_format
+
+    try:
+        fmt = detect_format(source)
+    except LoadError:
+        return
+    if fmt != "packed":
+        raise LoadError(f"{source}: an {'ONNX' if fmt == 'onnx' else 'OpenVINO'} export; "
+                        "inspect reads .irc files and models to binarize (run it with "
+                        f"'irconvert eval' or 'irconvert bench')")
+
+
 @app.command()
 def inspect(
     source: Annotated[str, typer.Argument(
@@ -93,12 +108,13 @@ def inspect(
     """
     from irconvert.io import load_model
 
-    if source.endswith(".irc"):  # an exported packed model: show its layers and sizes
+    if source.lower().endswith(".irc"):  # an exported packed model: its layers and sizes
         from irconvert.cli.export_cmd import render_packed
 
         render_packed(source)
         return
     with user_errors():
+        _refuse_other_exports(source)
         config = binarize_config(act_bits, include, exclude, keep_stem, keep_classifier,
                                  keep_downsample, keep_depthwise, keep_grouped, block_transform,
                                  keep_se)

@@ -113,6 +113,17 @@ def test_damaged_onnx_and_openvino(files: dict[str, Path], tmp_path: Path,
         one_line_error(runner.invoke(app, args), str(named), what)
 
 
+def test_inspect_of_an_onnx_or_openvino_export(tmp_path: Path) -> None:
+    # Regression: "is not a PyTorch checkpoint" / "is a directory; pass the
+    # checkpoint file inside it" for files irconvert itself wrote.
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "ov").mkdir()
+    (tmp_path / "ov" / "model.xml").write_text("<net/>")
+    for path, kind in ((tmp_path / "m.onnx", "ONNX"), (tmp_path / "ov", "OpenVINO")):
+        one_line_error(runner.invoke(app, ["inspect", str(path)]),
+                       f"{path}: an {kind} export", "irconvert eval")
+
+
 def _spoiled(files: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     data = tmp_path / "data"
     shutil.copytree(files["data"], data)
