@@ -56,7 +56,7 @@ from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.optim import build_optimizer, lr_factor_fn
 from irconvert.train.precision import resolve_amp
 from irconvert.train.progress import Progress, make_progress
-from irconvert.train.recipe import load_recipe, save_recipe
+from irconvert.train.recipe import load_recipe, recipe_from_dict, save_recipe
 from irconvert.train.rng import get_rng_state, plain_rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -417,9 +417,14 @@ class Trainer:
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore everything :meth:`checkpoint` saved (for ``--resume``)."""
-        if ckpt.get("recipe") is not None and ckpt["recipe"] != self.recipe.to_dict():
-            changed = sorted(k for k, v in self.recipe.to_dict().items()
-                             if ckpt["recipe"].get(k) != v)
+        saved = ckpt.get("recipe")
+        if saved is not None:
+            # Fields added since the checkpoint was written (data.bad_files...)
+            # read as their defaults: not a change the user made.
+            with contextlib.suppress(IRConvertError):
+                saved = recipe_from_dict(saved).to_dict()
+        if saved is not None and saved != self.recipe.to_dict():
+            changed = sorted(k for k, v in self.recipe.to_dict().items() if saved.get(k) != v)
             self.progress.log(f"note: resuming with a changed recipe ({', '.join(changed)})")
         try:
             self.model.load_state_dict(ckpt["model"])

@@ -271,3 +271,21 @@ def test_a_failure_after_the_first_epoch_keeps_the_run(tiny_data: str, tmp_path:
         fit(make_model(), tiny_data, tiny_recipe(epochs=2), out, quiet=True, on_step=fail,
             evaluate_fp=False)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_a_field_added_since_the_checkpoint_is_no_recipe_change(tiny_data: str,
+                                                                  tmp_path: Path) -> None:
+    recipe = tiny_recipe(epochs=1)
+    out = tmp_path / "run"
+    fit(make_model(), tiny_data, recipe, out, quiet=True, evaluate_fp=False)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    del ckpt["recipe"]["data"]["bad_files"]  # written before the field existed
+    torch.save(ckpt, out / "last.pt")
+    logged: list[str] = []
+    from irconvert.train.progress import make_progress
+
+    progress = make_progress(quiet=True)
+    progress.log = logged.append  # type: ignore[method-assign]
+    fit(make_model(), tiny_data, recipe, out, progress=progress, resume=True)
+    assert not any("changed recipe" in line for line in logged), logged
+    assert any("has finished all its 1 epochs" in line for line in logged), logged
