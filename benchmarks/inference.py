@@ -9,8 +9,12 @@ fp32; 1W/1A), exports it, and times on this CPU:
 - ``onnxruntime binary``: the binary ONNX (float convolutions of +-1 values);
 - ``openvino fp32``: the original float model in OpenVINO (reference point);
 - ``openvino binary``: the OpenVINO IR with BinaryConvolution kernels;
+- ``openvino binary + int8``: the same with the kept layers in int8
+  (calibrated on 64 random images: with random weights, real images would
+  not make the ranges any more meaningful, and speed does not depend on them);
 
-at batch 1 and 32, with 1 thread and all threads, input 224x224. Prints a
+at batch 1 and 32, with 1 thread and all threads, input 224x224, the engines
+taking turns (round robin) so that load changes hit them alike. Prints a
 markdown report (and writes it with ``--out``) for docs/benchmarks.md.
 
 Usage:
@@ -33,8 +37,7 @@ from torch import nn
 
 import irconvert
 from irconvert.export import export_onnx, export_openvino, save_packed
-from irconvert.export.bench import BenchRow, bench_predictor, model_bytes
-from irconvert.export.runtime import Predictor, load_predictor
+from irconvert.export.bench import BASELINE, BenchRow, compare, model_bytes
 
 
 def randomize_bn(model: nn.Module) -> None:
@@ -57,39 +60,12 @@ def fp32_onnx(model: nn.Module, path: Path) -> None:
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
 
 
-def ort_default(path: Path, threads: int) -> Predictor:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = session.run(None, {"input": x})[0]
-        return out
-
-    return Predictor(path, "onnx", run, (3, 224, 224))
-
-
-def ov_fp32(path: Path, threads: int) -> Predictor:
-    import openvino as ov
-
-    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(compiled(x)[0])
-
-    return Predictor(path, "openvino", run, (3, 224, 224))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="timed runs per setting")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0 = all")
+    parser.add_argument("--rounds", type=int, default=3, help="engines take turns this often")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--workdir", type=Path, help="keep the exported files here")
     args = parser.parse_args()
@@ -110,7 +86,8 @@ def main() -> None:
         "fp32 .pth": work / "resnet18.pth", "fp32 ONNX": work / "resnet18_fp32.onnx",
         "binary ONNX": work / "resnet18_bin.onnx",
         "binary ONNX (packed)": work / "resnet18_bin_packed.onnx",
-        "OpenVINO binary IR": work / "resnet18_bin_ov", ".irc": work / "resnet18.irc",
+        "OpenVINO binary IR": work / "resnet18_bin_ov",
+        "OpenVINO binary + int8 IR": work / "resnet18_bin_int8_ov", ".irc": work / "resnet18.irc",
     }
     t0 = time.time()
     torch.save(float_model.state_dict(), files["fp32 .pth"])
@@ -118,10 +95,16 @@ def main() -> None:
     export_onnx(binary, files["binary ONNX"], force=True)
     export_onnx(binary, files["binary ONNX (packed)"], packed=True, force=True)
     ov_res = export_openvino(binary, files["OpenVINO binary IR"], force=True)
+    # Random weights: any images calibrate the ranges as well as real ones would
+    # (speed does not depend on them). Standard-normal pixels, like normalised images.
+    calib = np.random.default_rng(1).standard_normal((64, 3, 224, 224), dtype=np.float32)
+    int8_res = export_openvino(binary, files["OpenVINO binary + int8 IR"], force=True,
+                               calibration=calib, calibration_source="64 random images")
     save_packed(binary, files[".irc"], arch="resnet18", num_classes=1000,
                 config=irconvert.BinarizeConfig(), force=True)
     print(f"exported in {time.time() - t0:.0f}s; OpenVINO: {ov_res.binary_convolutions} "
-          f"BinaryConvolution layers, fallbacks: {ov_res.fallback or 'none'}")
+          f"BinaryConvolution layers, fallbacks: {ov_res.fallback or 'none'}; int8: "
+          f"{[x.name for x in int8_res.layers if x.precision == 'int8']}")
     import openvino as ov
 
     ov_float = work / "resnet18_fp32_ov.xml"
@@ -129,21 +112,20 @@ def main() -> None:
                   compress_to_fp16=False)
 
     engines = {
-        "onnxruntime fp32": lambda n: ort_default(files["fp32 ONNX"], n),
-        "onnxruntime binary": lambda n: load_predictor(files["binary ONNX"], threads=n),
-        "openvino fp32": lambda n: ov_fp32(ov_float, n),
-        "openvino binary": lambda n: load_predictor(files["OpenVINO binary IR"], threads=n),
+        BASELINE: files["fp32 ONNX"],
+        "onnxruntime binary": files["binary ONNX"],
+        "openvino fp32": ov_float,
+        "openvino binary": files["OpenVINO binary IR"],
+        "openvino binary + int8": files["OpenVINO binary + int8 IR"],
     }
     rows: dict[tuple[str, int, int], BenchRow] = {}
-    for threads in args.threads:
-        for name, make in engines.items():
-            predict = make(threads)
-            for batch in args.batches:
-                row = bench_predictor(predict, batch, threads=threads, warmup=2,
-                                      runs=args.runs if batch == 1 else max(3, args.runs // 3))
-                rows[(name, batch, threads)] = row
-                print(f"{name:20s} batch {batch:3d} threads {threads or 'all':>3}: "
-                      f"{row.median_ms:9.2f} ms  {row.throughput:8.1f} img/s", flush=True)
+    for batch in args.batches:
+        for row in compare(engines, [batch], args.threads, warmup=2, rounds=args.rounds,
+                           runs=args.runs if batch == 1 else max(3, args.runs // 3)):
+            rows[(row.label, row.batch, row.threads)] = row
+            print(f"{row.label:36s} batch {batch:3d} threads {row.threads or 'all':>3}: "
+                  f"{row.median_ms:9.2f} ms  {row.throughput:8.1f} img/s  "
+                  f"{row.speedup:5.2f}x", flush=True)
 
     lines = [
         "## Inference speed: ResNet-18 1W/1A (224x224, CPU)",
@@ -152,16 +134,18 @@ def main() -> None:
         f"({platform.system()}); torch {torch.__version__}, "
         f"onnxruntime {__import__('onnxruntime').__version__}, openvino {ov.__version__}. "
         f"Median of {args.runs} timed runs (batch 1) / {max(3, args.runs // 3)} (larger "
-        "batches) after 2 warm-up runs. Random weights; 16 of 21 convolutions binarized "
-        "(stem, 3 downsample 1x1 convs and the classifier stay fp32).",
+        f"batches) after 2 warm-up runs, engines taking turns in {args.rounds} rounds. "
+        "Random weights; 16 of 21 convolutions binarized "
+        "(stem, 3 downsample 1x1 convs and the classifier stay full precision: fp32, or "
+        "int8 in the int8 IR).",
         "",
         "| engine | batch | threads | latency ms | images/s | speed-up vs onnxruntime fp32 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for (name, batch, threads), row in rows.items():
-        base = rows[("onnxruntime fp32", batch, threads)]
+    for (name, batch, threads), row in sorted(rows.items(), key=lambda kv: (kv[0][2] == 0,
+                                                                            kv[0][1])):
         lines.append(f"| {name} | {batch} | {threads or 'all'} | {row.median_ms:.2f} | "
-                     f"{row.throughput:.1f} | {base.median_ms / row.median_ms:.2f}x |")
+                     f"{row.throughput:.1f} | {row.speedup or 0:.2f}x |")
     pth = model_bytes(files["fp32 .pth"])
     lines += ["", "| file | bytes | vs fp32 .pth |", "|---|---:|---:|"]
     for label, path in files.items():
