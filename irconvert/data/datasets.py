@@ -145,12 +145,15 @@ class ImageFiles(Dataset[Any]):
         return len(self.folder.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int] | None:
+        from PIL import Image
+
         path, label = self.folder.samples[i]
         try:
             img = self.folder.loader(path)  # decodes the whole file (convert("RGB"))
             if img.mode != self.mode:
                 img = img.convert(self.mode)
-        except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for bad files
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            # what PIL raises for damaged, non-image or absurdly large files
             self.bad[i] = 1
             if self.bad_files == "skip":
                 return None

@@ -195,3 +195,14 @@ def test_a_batch_with_no_readable_image_stops() -> None:
         collate_readable([None, None])
     _, y = collate_readable([None, (torch.zeros(1), 3)])
     assert y.tolist() == [3]
+
+
+def test_an_image_too_large_to_decode_is_named(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    root = make_imagefolder(tmp_path / "d", train=1, val=1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 8x8 images are now "bombs"
+    bundle = open_data(f"imagefolder:{root}")
+    with pytest.raises(BadImageError, match="unreadable image .*decompression bomb"):
+        bundle.val[0]
