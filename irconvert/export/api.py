@@ -115,8 +115,8 @@ def export_checkpoint(
         channels = (metadata or {}).get("input_size", [3])[0]
         calib = calibration_images(data, calib_images, metadata, channels=channels)
         calibration, source = calib.images, calib.source
-    off = ("int8 off (--no-int8): exact fp32" if int8 is False
-           else "fp32: no calibration data; pass --data for int8")
+    off = ("int8 off (--no-int8), exact" if int8 is False
+           else "no calibration data (pass --data for int8), exact")
     ov = export_openvino(frozen, target, input_size=input_size, force=force, metadata=metadata,
                          calibration=calibration, calibration_source=source,
                          int8_off_reason=off)
