@@ -132,6 +132,10 @@ def check_resumable(path: str | os.PathLike[str], *, needs: tuple[str, ...] = RU
     if missing:
         raise LoadError(f"{run}: not a run directory (no {', '.join(missing)}); --resume "
                         "continues the --out folder of an 'irconvert binarize' run")
+    empty = [name for name in needs if name != LAST and (run / name).stat().st_size == 0]
+    if empty:
+        raise LoadError(f"{run / empty[0]}: empty (a truncated copy?); --resume needs the "
+                        "files the run wrote, as it wrote them")
     last = run / LAST
     if not zipfile.is_zipfile(last):
         raise LoadError(f"{last}: truncated or damaged, so the run cannot be resumed from it "

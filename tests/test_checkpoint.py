@@ -43,6 +43,13 @@ def test_what_resume_refuses_is_one_line(tmp_path: Path, make: object, message: 
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_empty_run_file_is_named(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path / "run")
+    (run / "config.yaml").write_text("")  # it read as all defaults: a different model
+    with pytest.raises(LoadError, match=r"config\.yaml: empty \(a truncated copy\?\)"):
+        read_run_dir(run)
+
+
 def test_a_truncated_last_pt_is_named_before_anything_loads(tmp_path: Path) -> None:
     run = _run_dir(tmp_path / "run")
     data = (run / "last.pt").read_bytes()

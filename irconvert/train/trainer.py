@@ -429,8 +429,12 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise LoadError(f"last.pt does not fit the model: "
-                            f"{str(exc).splitlines()[0]}") from None
+            # the first line only says "Error(s) in loading state_dict for X:"
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = " ".join(lines[:2])
+            detail = detail if len(detail) <= 160 else detail[:160] + "..."
+            raise LoadError(f"{self.out_dir / 'last.pt'} does not fit the model: {detail}; "
+                            "was the run's config.yaml edited?") from None
         self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         self._thresholds_set = bool(ckpt.get("thresholds_set", True))
         saved_stage = int(ckpt.get("stage", 0))
