@@ -204,5 +204,5 @@ def test_an_image_too_large_to_decode_is_named(tmp_path: Path,
     root = make_imagefolder(tmp_path / "d", train=1, val=1)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 8x8 images are now "bombs"
     bundle = open_data(f"imagefolder:{root}")
-    with pytest.raises(BadImageError, match="unreadable image .*decompression bomb"):
+    with pytest.raises(BadImageError, match=r"unreadable image .*decompression bomb"):
         bundle.val[0]
