@@ -50,6 +50,8 @@ def _remove_leftovers(target: Path) -> None:
     Only entries of this host whose process no longer exists are removed: a
     concurrent writer's temporary file is left alone.
     """
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there, not probe it
+        return
     host = _tag().split("@", 1)[1]
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)@([A-Za-z0-9-]*)\..*\.tmp$")
     try:
