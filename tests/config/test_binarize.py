@@ -95,7 +95,7 @@ def test_binarize_config_dict_has_every_field() -> None:
     assert set(BinarizeConfig().to_dict()) == {
         "act_bits", "include", "exclude", "keep_stem", "keep_classifier", "keep_downsample",
         "keep_depthwise", "keep_grouped", "keep_se", "block_transform", "act_threshold",
-        "block_act",
+        "block_act", "one_signed_inputs",
     }
 
 

@@ -49,7 +49,7 @@ def test_permute_before_binary_conv_runs_as_float_conv(tmp_path: Path) -> None:
     model.eval()
     res = export_openvino(model, tmp_path / "ov", input_size=(3, 8, 8))
     assert res.binary_convolutions == 0
-    [(node, why)] = res.fallback.items()
+    [(_node, why)] = res.fallback.items()
     assert "Transpose" in why and "crashes" in why
     x = torch.randn(2, 3, 8, 8)
     np.save(tmp_path / "x.npy", x.numpy())
