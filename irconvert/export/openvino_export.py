@@ -48,6 +48,11 @@ Convolutions the kernel cannot run stay float convolutions of ``sign(x)``
 multiple of 8, grouped convolutions, 1W/32A layers (float inputs); binary
 linear layers stay float MatMuls of ``sign(x)``.
 
+With calibration images (``calibration=``, ``irconvert export --data``), the
+layers kept in full precision (stem, downsample, classifier) become int8:
+see :mod:`irconvert.export.openvino_int8`. Every export reports each layer
+as binary, int8 or fp32 with the reason (:attr:`OpenVinoExport.layers`).
+
 The IR keeps a dynamic batch axis; the CPU plugin's BinaryConvolution needs
 static shapes, so :func:`compile_openvino` reshapes to a concrete batch first.
 
