@@ -112,7 +112,7 @@ def _open_exported(path: Path) -> OpenedModel:
 
     from irconvert.export.runtime import load_predictor
 
-    predictor = load_predictor(path)
+    predictor = load_predictor(path, isolate=True)
 
     def fn(x: Tensor) -> Tensor:
         return torch.from_numpy(np.asarray(predictor(x.cpu().numpy()))).to(x.device)

@@ -27,7 +27,7 @@ _CHILD = textwrap.dedent("""
     import numpy as np
     from irconvert.export.runtime import load_predictor
     predict = load_predictor(sys.argv[1], threads=1)
-    size = predict.input_size or tuple(int(v) for v in sys.argv[2].split(","))
+    size = tuple(int(v) for v in sys.argv[2].split(","))
     predict(np.zeros((int(sys.argv[3]), *size), np.float32))
 """)
 

@@ -72,16 +72,22 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise LoadError(f"{p}: not an exported model (.irc, .onnx, or an OpenVINO .xml/directory)")
 
 
-def load_predictor(path: str | os.PathLike[str], *, threads: int = 0) -> Predictor:
+def load_predictor(path: str | os.PathLike[str], *, threads: int = 0,
+                   isolate: bool = False) -> Predictor:
     """Load an exported model as a predictor (numpy float32 NCHW in, logits out).
 
     Args:
         path: a ``.irc`` file, an ``.onnx`` file, or OpenVINO IR (``.xml`` or
             a directory holding ``model.xml``).
         threads: CPU threads for the engine; 0 lets it use every core.
+        isolate: OpenVINO only: before each new batch size runs here, run it
+            once in a child process (:mod:`irconvert.export.isolated`), so an
+            engine crash on the graph is a ``LoadError`` naming the file and
+            the signal instead of the end of this process (the CLI sets it).
 
     Raises:
-        LoadError: missing or unrecognised file.
+        LoadError: missing or unrecognised file; with ``isolate``, raised by
+            the predictor's call when the engine crashes running the model.
         MissingDependencyError: the engine (onnxruntime, openvino) is not installed.
     """
     p = Path(path)
@@ -95,7 +101,7 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0) -> Predict
         return _packed(p, threads)
     if fmt == "onnx":
         return _onnx(p, threads)
-    return _openvino(p / "model.xml" if p.is_dir() else p, threads)
+    return _openvino(p / "model.xml" if p.is_dir() else p, threads, isolate)
 
 
 def _packed(path: Path, threads: int) -> Predictor:
@@ -172,7 +178,8 @@ def _onnx(path: Path, threads: int) -> Predictor:
                      preprocessing)
 
 
-def _openvino(xml: Path, threads: int) -> Predictor:
+def _openvino(xml: Path, threads: int, isolate: bool = False) -> Predictor:
+    from irconvert.export.isolated import run_once_isolated
     from irconvert.export.openvino_export import compile_openvino, import_openvino
 
     weights = xml.with_suffix(".bin")
@@ -191,6 +198,12 @@ def _openvino(xml: Path, threads: int) -> Predictor:
     def run(x: np.ndarray) -> np.ndarray:
         batch = int(x.shape[0])
         if batch not in compiled:  # BinaryConvolution needs a static batch
+            crash = run_once_isolated(xml, tuple(x.shape[1:]), batch) if isolate else None
+            if crash is not None:
+                raise LoadError(
+                    f"{xml}: OpenVINO crashed ({crash}) running it in a test process, at "
+                    f"batch {batch}; nothing was changed. Export it again with this irconvert "
+                    "(it avoids the known crashing patterns), or use the ONNX export")
             compiled[batch] = compile_openvino(model, batch, threads)
         out: np.ndarray = compiled[batch](x)[0]
         return np.asarray(out)

@@ -30,3 +30,30 @@ def test_a_child_that_runs_is_not_a_crash(monkeypatch: pytest.MonkeyPatch,
     assert run_once_isolated(tmp_path / "model.xml", (3, 8, 8)) is None
     monkeypatch.setattr(isolated, "_CHILD", "raise ValueError('an ordinary error')")
     assert run_once_isolated(tmp_path / "model.xml", (3, 8, 8)) is None
+
+
+@pytest.mark.openvino
+def test_openvino_crash_is_a_one_line_load_error(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    import numpy as np
+
+    import irconvert
+    from irconvert.errors import LoadError
+    from irconvert.export.openvino_export import export_openvino
+    from irconvert.export.runtime import load_predictor
+    from tests.conftest import TinyNet
+    from tests.export.test_openvino import needs_ov
+
+    if needs_ov.args[0]:
+        pytest.skip(needs_ov.kwargs["reason"])
+    model = TinyNet()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    export_openvino(model.eval(), tmp_path / "ov")
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    assert load_predictor(tmp_path / "ov", isolate=True)(x).shape[0] == 2  # runs: no crash
+    monkeypatch.setattr(isolated, "_CHILD", "import ctypes; ctypes.string_at(0)")
+    predict = load_predictor(tmp_path / "ov", isolate=True)
+    with pytest.raises(LoadError, match=r"model.xml: OpenVINO crashed \(SIGSEGV \(signal 11\)\)"
+                       r" running it in a test process, at batch 3") as info:
+        predict(np.zeros((3, 3, 8, 8), np.float32))
+    assert "\n" not in str(info.value)
