@@ -11,7 +11,7 @@ from irconvert import BinarizeConfig, binarize_
 from irconvert.checkpoint import model_from_checkpoint, new_checkpoint
 from irconvert.convert.surgery import UNCALLED
 from irconvert.models import registry
-from irconvert.nn import IRLinear
+from irconvert.nn import IRLayer, IRLinear
 from irconvert.nn.thresholds import balanced_threshold, init_act_thresholds
 
 
@@ -101,3 +101,46 @@ def test_relu_fed_linear_on_tokens_gets_a_threshold() -> None:
     assert [r.name for r in report.rows if r.fix] == ["fc"]
     assert model.fc.act_threshold is not None and model.fc.act_threshold.shape == (8,)
     assert (model.fc.act_threshold > 0).all()  # above the ReLU's zeros
+
+
+class ReluChain(nn.Module):
+    """stem -> 3 x (ReLU -> 1x1 conv -> BatchNorm) -> classifier: binary convs read ReLUs.
+
+    1x1 without padding, as mobilenet_v2's projections: all-+1 bits make the
+    output exactly constant per channel.
+    """
+
+    irconvert_input_size = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Sequential(*[m for _ in range(3) for m in (
+            nn.ReLU(), nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16))])
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+def _binary_weight_grads(one_signed: str) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = ReluChain()
+    binarize_(model, BinarizeConfig(act_bits=1, one_signed_inputs=one_signed), warn=False)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    init_act_thresholds(model, [x], 1)  # what the trainer does first
+    F.cross_entropy(model(x), y).backward()
+    return [m.weight.grad for m in model.modules() if isinstance(m, IRLayer)]
+
+
+def test_relu_fed_layers_learn_only_with_thresholds() -> None:
+    # all-+1 bits make each conv's output constant per channel; the BatchNorm
+    # after it divides by ~sqrt(eps), and the gradient explodes going back
+    exploded = _binary_weight_grads("warn")
+    live = _binary_weight_grads("threshold")
+    assert len(exploded) == len(live) == 3
+    for g in live:
+        assert g is not None and torch.isfinite(g).all() and g.abs().max() > 1e-4
+    biggest = max(float(g.abs().max()) for g in live)
+    assert any(g is not None and (not torch.isfinite(g).all() or g.abs().max() > 1000 * biggest)
+               for g in exploded)
