@@ -87,7 +87,7 @@ def bench(
     rows = []
     for path in paths:
         for n in threads:
-            predict = load_predictor(path, threads=n)
+            predict = load_predictor(path, threads=n, isolate=True)
             for batch in batches:
                 rows.append(bench_predictor(predict, batch, threads=n, warmup=warmup, runs=runs,
                                             input_size=input_size))
@@ -184,7 +184,8 @@ def compare(
     per_round = -(-runs // rounds)
     for n in threads:
         predictors = {label: _ort_default(path, n) if label == BASELINE
-                      else load_predictor(path, threads=n) for label, path in files.items()}
+                      else load_predictor(path, threads=n, isolate=True)
+                      for label, path in files.items()}
         size = input_size or next((p.input_size for p in predictors.values() if p.input_size),
                                   None) or DEFAULT_INPUT_SIZE
         for batch in batches:

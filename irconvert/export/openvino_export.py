@@ -370,6 +370,7 @@ def export_openvino(
     input_size: tuple[int, ...] | None = None, force: bool = False,
     metadata: dict[str, Any] | None = None, calibration: np.ndarray | None = None,
     calibration_source: str = "", int8_off_reason: str = "no calibration data (--data) given",
+    check: bool = True,
 ) -> OpenVinoExport:
     """Write OpenVINO IR for a binarized model.
 
@@ -385,10 +386,14 @@ def export_openvino(
             :mod:`irconvert.export.meta`) in ``rt_info``; None records none.
         calibration, calibration_source, int8_off_reason: int8 for the layers
             kept in full precision; see :func:`to_openvino_model`.
+        check: before the files are renamed into place, run the written IR
+            once (batch 1) in a child process: an engine crash on the graph
+            is then an ``ExportError`` and nothing is written.
 
     Raises:
         MissingDependencyError: openvino is not installed.
-        ExportError: see :func:`to_openvino_model`; bad metadata; or the output exists.
+        ExportError: see :func:`to_openvino_model`; bad metadata; the output
+            exists; or (``check``) OpenVINO crashes running the exported model.
     """
     ov = import_openvino()
     preprocessing = check_metadata(metadata)
@@ -409,6 +414,8 @@ def export_openvino(
             staged = tmp_xml.with_suffix(".xml")  # save_model names the .bin after the .xml
             try:
                 _save(ov, ov_model, staged)
+                if check:
+                    _check_runs(staged, ov_model, target)
                 staged.replace(tmp_xml)
                 staged.with_suffix(".bin").replace(tmp_bin)
             finally:
@@ -417,11 +424,29 @@ def export_openvino(
     else:
         with atomic_dir(target) as tmp_dir:
             _save(ov, ov_model, tmp_dir / XML_NAME)
+            if check:
+                _check_runs(tmp_dir / XML_NAME, ov_model, target)
         xml, binf = target / XML_NAME, target / "model.bin"
     return OpenVinoExport(xml=xml, bin=binf, binary_convolutions=graph.binary_convolutions,
                           fallback=graph.fallback, bytes=xml.stat().st_size + binf.stat().st_size,
                           layers=graph.layers, int8_layers=graph.int8_layers,
                           calibration=calibration_source if graph.int8_layers else None)
+
+
+def _check_runs(xml: Path, ov_model: Any, target: Path) -> None:
+    """Run the staged IR once in a child process; an engine crash is an ExportError."""
+    from irconvert.export.isolated import run_once_isolated
+
+    shape = ov_model.input(0).get_partial_shape()
+    if not shape.rank.is_static or any(d.is_dynamic for d in list(shape)[1:]):
+        return  # no concrete input to try
+    size = tuple(d.get_length() for d in list(shape)[1:])
+    crash = run_once_isolated(xml, size, batch=1)
+    if crash is not None:
+        raise ExportError(
+            f"{target}: OpenVINO crashed ({crash}) running the exported model once in a test "
+            "process, so nothing was written; export --format onnx instead, or keep the "
+            "binary layers this model shares with the crash in full precision (--exclude)")
 
 
 def _save(ov: Any, ov_model: Any, xml: Path) -> None:

@@ -57,3 +57,25 @@ def test_openvino_crash_is_a_one_line_load_error(monkeypatch: pytest.MonkeyPatch
                        r" running it in a test process, at batch 3") as info:
         predict(np.zeros((3, 3, 8, 8), np.float32))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.openvino
+def test_export_that_crashes_openvino_writes_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    import irconvert
+    from irconvert.errors import ExportError
+    from irconvert.export.openvino_export import export_openvino
+    from tests.conftest import TinyNet
+    from tests.export.test_openvino import needs_ov
+
+    if needs_ov.args[0]:
+        pytest.skip(needs_ov.kwargs["reason"])
+    model = TinyNet()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    monkeypatch.setattr(isolated, "_CHILD", "import ctypes; ctypes.string_at(0)")
+    for target in (tmp_path / "ov", tmp_path / "m.xml"):
+        with pytest.raises(ExportError, match=r"OpenVINO crashed \(SIGSEGV \(signal 11\)\) "
+                           r"running the exported model once in a test process, so nothing "
+                           r"was written"):
+            export_openvino(model.eval(), target)
+    assert list(tmp_path.iterdir()) == []
