@@ -137,3 +137,18 @@ def test_amp_resolution_falls_back_cleanly() -> None:
     assert resolve_amp(cpu, "fp16") == "none"
     assert resolve_amp(cpu, "bf16") in ("bf16", "none")
     assert resolve_amp(torch.device("cuda"), "fp16") == "fp16"
+
+
+def test_calibration_works_on_models_whose_loader_needs_version_metadata() -> None:
+    # torchvision's MNASNet refuses a state dict without its version metadata:
+    # calibration must restore running statistics without load_state_dict
+    import torchvision
+
+    from irconvert.nn.thresholds import init_act_thresholds
+
+    model = torchvision.models.mnasnet0_5(num_classes=4)
+    irconvert.binarize_(model, irconvert.BinarizeConfig(act_bits=1, act_threshold=True),
+                        warn=False, probe=False)
+    before = model.layers[1].running_mean.clone()
+    assert init_act_thresholds(model, [torch.randn(2, 3, 32, 32)], 1) > 0
+    assert torch.equal(model.layers[1].running_mean, before)

@@ -78,8 +78,11 @@ def init_act_thresholds(model: nn.Module, batches: Iterable[Any], steps: int,
     model.train()
     # Running statistics updated here are re-estimated afterwards anyway,
     # but keep them as they were: this pass only measures.
-    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k
-             or k.endswith("num_batches_tracked")}
+    # Copied back in place, not through load_state_dict: a partial state dict
+    # lacks the version metadata some modules' loaders require (torchvision's
+    # MNASNet raises without it).
+    saved = [(b, b.clone()) for n, b in model.named_buffers() if "running" in n
+             or n.endswith("num_batches_tracked")]
     try:
         for used, batch in enumerate(batches):
             if used >= steps:
@@ -89,6 +92,7 @@ def init_act_thresholds(model: nn.Module, batches: Iterable[Any], steps: int,
     finally:
         for h in handles:
             h.remove()
-        model.load_state_dict(saved, strict=False)
+        for buffer, value in saved:
+            buffer.copy_(value)
         model.train(was_training)
     return len(layers)
