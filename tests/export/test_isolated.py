@@ -5,10 +5,19 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+import irconvert
+from irconvert.errors import ExportError, LoadError
 from irconvert.export import isolated
 from irconvert.export.isolated import crash_reason, run_once_isolated
+from irconvert.export.openvino_export import export_openvino
+from irconvert.export.runtime import load_predictor
+from tests.conftest import TinyNet
+
+SEGFAULT = "import ctypes; ctypes.string_at(0)"  # stand-in for an engine bug
 
 
 def test_crash_reason_names_the_signal() -> None:
@@ -20,7 +29,7 @@ def test_crash_reason_names_the_signal() -> None:
 def test_a_child_killed_by_a_signal_is_reported(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     # stand-in for an engine bug: the child segfaults inside native code
-    monkeypatch.setattr(isolated, "_CHILD", "import ctypes; ctypes.string_at(0)")
+    monkeypatch.setattr(isolated, "_CHILD", SEGFAULT)
     assert run_once_isolated(tmp_path / "model.xml", (3, 8, 8)) == "SIGSEGV (signal 11)"
 
 
@@ -32,26 +41,24 @@ def test_a_child_that_runs_is_not_a_crash(monkeypatch: pytest.MonkeyPatch,
     assert run_once_isolated(tmp_path / "model.xml", (3, 8, 8)) is None
 
 
-@pytest.mark.openvino
-def test_openvino_crash_is_a_one_line_load_error(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
-    import numpy as np
-
-    import irconvert
-    from irconvert.errors import LoadError
-    from irconvert.export.openvino_export import export_openvino
-    from irconvert.export.runtime import load_predictor
-    from tests.conftest import TinyNet
-    from tests.export.test_openvino import needs_ov
-
-    if needs_ov.args[0]:
-        pytest.skip(needs_ov.kwargs["reason"])
+@pytest.fixture
+def tiny_binary() -> torch.nn.Module:
+    """A binarized TinyNet in eval mode (skips without OpenVINO)."""
+    pytest.importorskip("openvino", reason="openvino is not installed "
+                        "(pip install 'irconvert[openvino]')")
     model = TinyNet()
     irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
-    export_openvino(model.eval(), tmp_path / "ov")
+    return model.eval()
+
+
+@pytest.mark.openvino
+def test_openvino_crash_is_a_one_line_load_error(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path,
+                                                 tiny_binary: torch.nn.Module) -> None:
+    export_openvino(tiny_binary, tmp_path / "ov")
     x = np.zeros((2, 3, 8, 8), np.float32)
     assert load_predictor(tmp_path / "ov", isolate=True)(x).shape[0] == 2  # runs: no crash
-    monkeypatch.setattr(isolated, "_CHILD", "import ctypes; ctypes.string_at(0)")
+    monkeypatch.setattr(isolated, "_CHILD", SEGFAULT)
     predict = load_predictor(tmp_path / "ov", isolate=True)
     with pytest.raises(LoadError, match=r"model.xml: OpenVINO crashed \(SIGSEGV \(signal 11\)\)"
                        r" running it in a test process, at batch 3") as info:
@@ -61,21 +68,12 @@ def test_openvino_crash_is_a_one_line_load_error(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.openvino
 def test_export_that_crashes_openvino_writes_nothing(monkeypatch: pytest.MonkeyPatch,
-                                                      tmp_path: Path) -> None:
-    import irconvert
-    from irconvert.errors import ExportError
-    from irconvert.export.openvino_export import export_openvino
-    from tests.conftest import TinyNet
-    from tests.export.test_openvino import needs_ov
-
-    if needs_ov.args[0]:
-        pytest.skip(needs_ov.kwargs["reason"])
-    model = TinyNet()
-    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
-    monkeypatch.setattr(isolated, "_CHILD", "import ctypes; ctypes.string_at(0)")
+                                                      tmp_path: Path,
+                                                      tiny_binary: torch.nn.Module) -> None:
+    monkeypatch.setattr(isolated, "_CHILD", SEGFAULT)
     for target in (tmp_path / "ov", tmp_path / "m.xml"):
         with pytest.raises(ExportError, match=r"OpenVINO crashed \(SIGSEGV \(signal 11\)\) "
                            r"running the exported model once in a test process, so nothing "
                            r"was written"):
-            export_openvino(model.eval(), target)
+            export_openvino(tiny_binary, target)
     assert list(tmp_path.iterdir()) == []
