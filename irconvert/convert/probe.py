@@ -132,8 +132,13 @@ def _one_signed_channels(x: torch.Tensor, dim: int) -> int:
     return int((nonneg | neg).sum())
 
 
-def probe_layers(model: nn.Module, names: set[str]) -> LayerProbe | None:
+def probe_layers(model: nn.Module, names: set[str], *, signs: bool = True,
+                 thresholds: bool = True) -> LayerProbe | None:
     """One eval-mode forward pass on a random normal batch, watching ``names``.
+
+    ``signs``: count one-signed input channels (1W/1A needs them);
+    ``thresholds``: also compute balancing thresholds for mostly one-signed
+    layers. Without either, only which layers were called is recorded.
 
     Returns None when the model cannot be run on a guessed input shape.
     """
@@ -142,13 +147,13 @@ def probe_layers(model: nn.Module, names: set[str]) -> LayerProbe | None:
 
     def look(name: str, x: torch.Tensor) -> None:
         result.called.add(name)
-        if x.dim() < 2 or not x.numel() or not x.is_floating_point():
+        if not signs or x.dim() < 2 or not x.numel() or not x.is_floating_point():
             return
         dim = channel_dim_of(modules[name])
         count = _one_signed_channels(x, dim)
         if count:
             result.one_signed[name] = (count, int(x.shape[dim]))
-        if result.mostly_one_signed(name):
+        if thresholds and result.mostly_one_signed(name):
             result.thresholds[name] = balanced_threshold(x, dim)
 
     if not names:

@@ -117,7 +117,11 @@ def _probe(model: nn.Module, decisions: dict[str, Decision], config: BinarizeCon
         for name in chosen - set(layers):
             decisions[name] = Decision(False, SAVED_FLOAT)
         return None
-    probe = probe_layers(model, chosen) if chosen else None
+    # the sign statistics and thresholds only matter when bits can be fixed or warned of
+    signs = config.binary_activations and not config.act_threshold
+    probe = probe_layers(model, chosen, signs=signs,
+                         thresholds=signs and config.one_signed_inputs == "threshold") \
+        if chosen else None
     if probe is not None:
         for name in chosen - probe.called:
             decisions[name] = Decision(False, UNCALLED)
@@ -127,14 +131,12 @@ def _probe(model: nn.Module, decisions: dict[str, Decision], config: BinarizeCon
 def _one_signed_note(name: str, probe: LayerProbe | None, config: BinarizeConfig,
                      decision: Decision) -> tuple[str | None, str | None]:
     """``(warning, fix)`` for a binarized layer whose inputs are mostly one-signed."""
-    if probe is None or not decision.binarize or not config.binary_activations \
-            or not probe.mostly_one_signed(name):
+    # (with act_threshold every layer has a threshold set from data: nothing to say)
+    if probe is None or not decision.binarize or not probe.mostly_one_signed(name):
         return None, None
     count, channels = probe.one_signed[name]
-    if config.one_signed_inputs == "threshold" and not config.act_threshold:
+    if config.one_signed_inputs == "threshold":
         return None, ONE_SIGNED_FIX.format(count=count, channels=channels)
-    if config.act_threshold:  # thresholds everywhere already, set from data
-        return None, None
     if count == channels:
         return RELU_WARNING, None
     return ONE_SIGNED_WARNING.format(count=count, channels=channels), None
@@ -184,7 +186,7 @@ def plan(
 
 def binarize_(
     model: nn.Module, config: BinarizeConfig | None = None,
-    layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True, probe: bool | None = None,
+    layer_map: LayerMap = DEFAULT_LAYER_MAP, *, warn: bool = True, probe: bool = True,
     layers: Collection[str] | None = None,
 ) -> ConversionReport:
     """Binarize ``model`` in place: chosen conv/linear layers become IR-Net layers.
@@ -205,7 +207,7 @@ def binarize_(
             calls: the model reads their weight directly, so they stay full
             precision, with the reason; (b) in 1W/1A, layers whose inputs
             have one sign in most channels: they get a learnable activation
-            threshold (``config.one_signed_inputs``). On unless False.
+            threshold (``config.one_signed_inputs``).
         layers: binarize exactly these of the chosen layers, no probe (what a
             rebuilt saved model passes: its binary layers are known).
 
@@ -230,7 +232,7 @@ def binarize_(
     blocks = [] if already else _transform_blocks(model, config)
     decisions = decide(model, config, layer_map)
     found = None
-    if not already and (layers is not None or probe is not False):
+    if not already and (layers is not None or probe):
         found = _probe(model, decisions, config, layers)
     todo = [n for n, d in decisions.items() if d.binarize and d.reason != "already binarized"]
     if not todo and not already:

@@ -199,7 +199,7 @@ def post_train(
         from irconvert.data.loaders import resolve_normalization
 
         result = PostTrainResult(target, source, loaded.arch,
-                                 binarize_(model, recipe.binarize, warn=False, probe=True))
+                                 binarize_(model, recipe.binarize, warn=False))
         mean, std = resolve_normalization(recipe.data, model, channels)
     else:
         result, mean, std, names = _with_data(model, data, recipe, target, source, loaded.arch,
@@ -272,7 +272,7 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
     model.to(device)
     fp = evaluate(model, val_loader, device, amp=recipe.amp) if evaluate_fp else None
     result = PostTrainResult(target, source, arch,
-                             binarize_(model, recipe.binarize, warn=False, probe=True),
+                             binarize_(model, recipe.binarize, warn=False),
                              data=bundle.name or data, split=bundle.val_split, fp=fp)
     if bundle.train is not None and steps > 0:
         train_loader = make_loader(AugmentedDataset(bundle.train, tf, seed=recipe.seed),

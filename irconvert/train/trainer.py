@@ -216,7 +216,7 @@ class Trainer:
             self.fp_result = evaluate(model, self.val_loader, self.device, env=self.env)
         uses_teacher = any(st.distill is not None for st in self.stages)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if uses_teacher else None
-        self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False, probe=True)
+        self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
             if teacher is not None:
