@@ -80,6 +80,7 @@ from irconvert.export.onnx_export import DEFAULT_OPSET, to_onnx_bytes
 from irconvert.export.openvino_int8 import (
     LayerPrecision,
     calibrate,
+    const_value,
     kept_layers,
     quantize_kept_layers,
     runtime_precisions,
@@ -158,24 +159,16 @@ def fallback_reasons(frozen: nn.Module) -> dict[str, str]:
     return reasons
 
 
-def _const_value(node: Any) -> np.ndarray | None:
-    while node.get_type_name() == "Convert":
-        node = node.input_value(0).get_node()
-    if node.get_type_name() != "Constant":
-        return None
-    return np.asarray(node.get_data())
-
-
 def _sign_source(select: Any) -> Any | None:
     """The ``x`` of ``Select(x >= 0, 1, -1)``, or None for any other node."""
     if select.get_type_name() != "Select":
         return None
     cond = select.input_value(0).get_node()
-    one, minus = (_const_value(select.input_value(i).get_node()) for i in (1, 2))
+    one, minus = (const_value(select.input_value(i).get_node()) for i in (1, 2))
     if (cond.get_type_name() != "GreaterEqual" or one is None or minus is None
             or not np.all(one == 1) or not np.all(minus == -1)):
         return None
-    zero = _const_value(cond.input_value(1).get_node())
+    zero = const_value(cond.input_value(1).get_node())
     if zero is None or not np.all(zero == 0):
         return None
     return cond.input_value(0)
@@ -202,7 +195,7 @@ def _split_threshold(source: Any, channels: int) -> tuple[Any, np.ndarray | None
     if kind not in ("Add", "Subtract"):
         return source, None
     for i in (1, 0) if kind == "Add" else (1,):
-        value = _const_value(node.input_value(i).get_node())
+        value = const_value(node.input_value(i).get_node())
         b = None if value is None else _per_channel(value, channels)
         if b is not None:  # negation is exact: -(-b) is b
             return node.input_value(1 - i), -b if kind == "Add" else b
@@ -255,7 +248,7 @@ def _replace_binary_convs(ov: Any, model: Any) -> tuple[int, dict[str, str]]:
         if conv.get_type_name() != "Convolution":
             continue
         source = _sign_source(conv.input_value(0).get_node())
-        weights = _const_value(conv.input_value(1).get_node())
+        weights = const_value(conv.input_value(1).get_node())
         if source is None or weights is None or weights.shape[1] % 8:
             continue
         flat = np.abs(weights.reshape(weights.shape[0], -1)).astype(np.float32)

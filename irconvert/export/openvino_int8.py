@@ -49,6 +49,7 @@ __all__ = [
     "KeptLayer",
     "LayerPrecision",
     "calibrate",
+    "const_value",
     "kept_layers",
     "quantize_kept_layers",
     "runtime_precisions",
@@ -77,7 +78,8 @@ class LayerPrecision:
     why: str
 
 
-def _const(node: Any) -> np.ndarray | None:
+def const_value(node: Any) -> np.ndarray | None:
+    """The value of a ``Constant`` (behind any ``Convert`` ops), or None."""
     while node.get_type_name() == "Convert":
         node = node.input_value(0).get_node()
     if node.get_type_name() != "Constant":
@@ -160,7 +162,7 @@ def kept_layers(ov_model: Any, frozen: nn.Module | None = None) -> tuple[
         kind = op.get_type_name()
         if kind not in ("Convolution", "MatMul", "GroupConvolution"):
             continue
-        w = _const(op.input_value(1).get_node())
+        w = const_value(op.input_value(1).get_node())
         if w is None:
             continue
         if _reads_sign(op) or _is_binary_weight(w):
@@ -253,7 +255,7 @@ def quantize_kept_layers(layers: Sequence[KeptLayer],
         low, high = (np.array(v, np.float32) for v in activation_range(lo, hi))
         fq = ops.fake_quantize(op.input_value(0), low, high, low, high, LEVELS)
         fq.set_friendly_name(f"{op.get_friendly_name()}/int8_input")
-        w = _const(op.input_value(1).get_node())
+        w = const_value(op.input_value(1).get_node())
         assert w is not None  # kept_layers only returns constant weights
         axis = 1 if op.get_type_name() == "MatMul" and not op.get_attributes()["transpose_b"] \
             else 0

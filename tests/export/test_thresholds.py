@@ -364,12 +364,12 @@ def test_fq_thresholds_match_subtraction() -> None:
 
 
 def fake_quantize_thresholds(ov_model: object) -> list[np.ndarray]:
-    from irconvert.export.openvino_export import _const_value
+    from irconvert.export.openvino_int8 import const_value
 
     found = []
     for node in ov_model.get_ordered_ops():  # type: ignore[attr-defined]
         if node.get_type_name() == "FakeQuantize":
-            low = _const_value(node.input_value(1).get_node())
+            low = const_value(node.input_value(1).get_node())
             assert low is not None
             found.append(low)
     return found
