@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
 
 import irconvert
+from irconvert.export.isolated import crash_reason
 from irconvert.nn import IRLayer
 from irconvert.nn.thresholds import init_act_thresholds
 from irconvert.train.bn import recalibrate_bn
@@ -198,7 +199,11 @@ def compare(expected: np.ndarray, got: np.ndarray, near_zero: int,
 
 
 def run_openvino_isolated(path: Path, x: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Run an OpenVINO IR in a child process: ``(logits, "")`` or ``(None, why)``."""
+    """Run an OpenVINO IR in a child process: ``(logits, "")`` or ``(None, why)``.
+
+    Like :func:`irconvert.export.isolated.run_once_isolated`, but the logits
+    come back for the parity check.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", x)
         code = textwrap.dedent(f"""
@@ -211,8 +216,7 @@ def run_openvino_isolated(path: Path, x: np.ndarray) -> tuple[np.ndarray | None,
                               timeout=600)
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
-            sig = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
-            return None, f"{sig}: {tail}"
+            return None, f"{crash_reason(done.returncode) or f'exit {done.returncode}'}: {tail}"
         return np.load(Path(tmp) / "y.npy"), ""
 
 
