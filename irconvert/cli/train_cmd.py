@@ -88,8 +88,14 @@ def _run_training(call: Any, quiet: bool) -> None:
 
 
 def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", ...]`` -> ``{"a.b": 1}``, values read as YAML scalars or lists."""
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}``, values read as YAML scalars or lists.
+
+    Read like a recipe file, so ``lr=2e-3`` is a number there too (plain
+    YAML 1.1 reads it as a string).
+    """
     import yaml
+
+    from irconvert.train.recipe import yaml_loader
 
     out: dict[str, Any] = {}
     for item in sets or []:
@@ -97,7 +103,7 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = yaml.load(raw, Loader=yaml_loader())
         except yaml.YAMLError:
             raise typer.BadParameter(f"{item!r}: the value is not valid YAML",
                                      param_hint="--set") from None
@@ -149,7 +155,7 @@ def binarize(
         "--amp", help="Override amp: none, bf16, fp16 (CUDA only).")] = None,
     sets: Annotated[list[str] | None, typer.Option(
         "--set", help="Override any recipe field: --set distill.alpha=0.5 --set "
-        "data.gpu_cache=true (values parsed as YAML). Repeatable.")] = None,
+        "optimizer.lr=2e-3 (values parsed as YAML, as in a recipe). Repeatable.")] = None,
     replace_classifier: Annotated[bool, typer.Option(
         "--replace-classifier", help="Train a new classifier when the model's class count "
         "differs from the data's.")] = False,

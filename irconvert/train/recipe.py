@@ -35,6 +35,7 @@ __all__ = [
     "load_recipe",
     "recipe_from_dict",
     "save_recipe",
+    "yaml_loader",
 ]
 
 
@@ -67,7 +68,7 @@ def load_recipe(path: str | os.PathLike[str]) -> TrainConfig:
     if not p.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_loader())
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -75,7 +76,7 @@ def load_recipe(path: str | os.PathLike[str]) -> TrainConfig:
     return recipe_from_dict(data or {}, str(path))
 
 
-def _loader() -> Any:
+def yaml_loader() -> Any:
     """A safe YAML loader that also reads ``1e-4`` as a number (YAML 1.1 needs ``1.0e-4``)."""
     import re
 

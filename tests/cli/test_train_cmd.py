@@ -181,10 +181,12 @@ def test_eval_shared_resnet20(resnet20_weights: Path, cifar10_root: Path) -> Non
 def test_set_overrides_any_recipe_field(setup: dict[str, Path]) -> None:
     out = setup["base"] / "run-set"
     result = _binarize(setup, out, "--set", "distill.alpha=0.25", "--set",
-                       "bn_recalibration=1", "--set", "data.flip=false")
+                       "bn_recalibration=1", "--set", "data.flip=false",
+                       "--set", "optimizer.lr=2e-3")
     assert result.exit_code == 0, result.output
     config = (out / "config.yaml").read_text()
     assert "alpha: 0.25" in config and "bn_recalibration: 1" in config
+    assert "lr: 0.002" in config  # 2e-3 read as a number, as in a recipe file
     assert "flip: false" in config
 
 
