@@ -15,6 +15,10 @@ batches. Settings, side by side (``--settings``):
 
 ``--breakdown`` also times the parts of an eager 1W/1A step (forward,
 backward, binarization, teacher forward, augmentation) one by one.
+``--profile`` profiles the compiled steps of each mode (torch.profiler with
+inductor's kernel records) and splits a step into convolutions and the
+fused elementwise kernels (BatchNorm, activations, sign, EDE, Libra-PB),
+forward and backward: where a binary step's extra time goes.
 
     python benchmarks/throughput.py --out results/throughput-cpu
     python benchmarks/throughput.py --device cuda --out results/throughput-gpu
@@ -81,7 +85,8 @@ def _loader(batch: int, device: torch.device) -> Any:
 
 
 def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
-            device: torch.device, setting: dict[str, bool], depth: int) -> dict[str, float]:
+            device: torch.device, setting: dict[str, bool], depth: int,
+            profile: bool = False) -> dict[str, Any]:
     """Median seconds per training step over ``repeats`` runs of ``iters`` steps."""
     from irconvert.train.precision import autocast, resolve_amp
 
@@ -115,7 +120,7 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
         x, y = next_batch()
         x = x.contiguous(memory_format=fmt)
         opt.zero_grad(set_to_none=True)
-        with autocast(device, amp):
+        with torch.profiler.record_function(PHASES[0]), autocast(device, amp):
             logits = step_model(x).float()
             loss = nn.functional.cross_entropy(logits, y)
             if teacher is not None:
@@ -123,8 +128,10 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
                     t_logits = teacher(x).float().clone()
                 loss = loss + nn.functional.kl_div(
                     logits.log_softmax(1), t_logits.softmax(1), reduction="batchmean")
-        loss.backward()
-        opt.step()
+        with torch.profiler.record_function(PHASES[1]):
+            loss.backward()
+        with torch.profiler.record_function(PHASES[2]):
+            opt.step()
 
     for _ in range(warmup):
         step()
@@ -139,8 +146,52 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
         cpu_times.append((time.process_time() - cpu_start) / iters)
     sec = statistics.median(times)
     # process CPU seconds: less disturbed than wall time on a CPU shared with other jobs
-    return {"sec_per_step": sec, "images_per_s": batch / sec, "spread": max(times) / min(times),
-            "cpu_sec_per_step": statistics.median(cpu_times)}
+    out: dict[str, Any] = {"sec_per_step": sec, "images_per_s": batch / sec,
+                           "spread": max(times) / min(times),
+                           "cpu_sec_per_step": statistics.median(cpu_times)}
+    if profile:
+        out["profile_ms"] = profile_step(step, iters)
+    return out
+
+
+PHASES = ("irc:forward", "irc:backward", "irc:optimizer")
+
+
+def profile_step(step: Any, iters: int) -> dict[str, float]:
+    """Milliseconds per step of convolutions and fused kernels, forward and backward.
+
+    Each profiled event is charged to the step phase it ran under (the
+    ``record_function`` ranges of ``step``); inductor's fused kernels show
+    up as ``cpp_fused`` records only when ``cpp.enable_kernel_profile`` was
+    set before compiling (``main`` does that for ``--profile``).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            step()
+    parts: dict[str, float] = {}
+    for event in prof.events():
+        name, phase = event.name, None
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name in PHASES:
+                phase = parent.name.split(":")[1]
+            parent = parent.cpu_parent
+        if phase is None or name in PHASES:
+            continue
+        if name in ("aten::mkldnn_convolution", "aten::convolution_backward"):
+            kind = "convolutions"
+        elif "cpp_fused" in name:
+            kind = "fused elementwise"
+        else:
+            continue
+        key = f"{phase}: {kind}"
+        parts[key] = parts.get(key, 0.0) + event.self_cpu_time_total / 1000 / iters
+    for phase in PHASES:
+        total = sum(e.cpu_time_total for e in prof.events() if e.name == phase)
+        parts[f"{phase.split(':')[1]}: total"] = total / 1000 / iters
+    return dict(sorted(parts.items()))
 
 
 def _ms(fn: Any, iters: int = 5) -> float:
@@ -210,9 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of an eager 1W/1A step")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split each compiled step into convolutions and fused kernels")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
+    if args.profile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # before anything compiles
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -226,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             model = build(mode, args.depth, device)
             result = measure(model, args.batch_size, args.warmup, args.iters, args.repeats,
-                             device, SETTINGS[setting], args.depth)
+                             device, SETTINGS[setting], args.depth, args.profile)
             if mode == "fp32":
                 base = result["images_per_s"]
             row = {"mode": mode, "setting": setting, **result,
@@ -237,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{1000 * result['sec_per_step']:8.1f} ms/step  ratio {ratio}  "
                   f"(max/min {result['spread']:.2f}; CPU {result['cpu_sec_per_step']:.2f} s/step)",
                   flush=True)
+            for part, ms in result.get("profile_ms", {}).items():
+                print(f"    {part:32s} {ms:8.1f} ms/step", flush=True)
     parts = breakdown(args.batch_size, args.depth, device) if args.breakdown else {}
     for name, ms in parts.items():
         print(f"breakdown {name:18s} {ms:8.1f} ms/step")
@@ -254,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{r['ratio_to_fp32']:.2f}" if r["ratio_to_fp32"] else "-"
             lines.append(f"| {r['setting']} | {r['mode']} | {r['images_per_s']:.0f} | "
                          f"{1000 * r['sec_per_step']:.1f} | {ratio} |")
+        profiled = [r for r in rows if "profile_ms" in r]
+        if profiled:
+            keys = sorted({k for r in profiled for k in r["profile_ms"]})
+            lines += ["", "| part of a step (ms, profiled) | "
+                      + " | ".join(f"{r['setting']} {r['mode']}" for r in profiled) + " |",
+                      "|---|" + "---:|" * len(profiled)]
+            lines += [f"| {k} | " + " | ".join(f"{r['profile_ms'].get(k, 0.0):.1f}"
+                                               for r in profiled) + " |" for k in keys]
         if parts:
             lines += ["", "| part of an eager 1W/1A step | ms |", "|---|---|"]
             lines += [f"| {k} | {v:.1f} |" for k, v in parts.items()]
