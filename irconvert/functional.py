@@ -66,10 +66,18 @@ def pow2_scale(w_hat: Tensor) -> Tensor:
 
 
 def _ede_grad(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
-    """EDE derivative ``k * t * (1 - tanh(t * x) ** 2)``."""
-    # In place on the one fresh tensor: the same operations in the same order
-    # (bit-identical), one allocation instead of four.
-    return torch.tanh(t * x).square_().neg_().add_(1).mul_(k * t)
+    """EDE derivative ``k * t * (1 - tanh(t * x) ** 2)``.
+
+    Computed as ``4 k t z / (1 + z) ** 2`` with ``z = exp(-2 |t x|)``: the
+    same function (``1 - tanh(y) ** 2 = sech(y) ** 2``) with one exponential
+    and no cancellation. ``1 - tanh ** 2`` loses every digit where ``tanh``
+    rounds to +-1 (it returns 0 for |y| > 9 in fp32, and in bf16 already
+    from |y| ~ 3); this form stays within 2e-6 relative everywhere. It is
+    also the cheaper one: vectorised ``exp`` costs about half of ``tanh`` on
+    CPU, and this runs over every binarized activation in every backward.
+    """
+    z = (t * x).abs_().mul_(-2).exp_()
+    return z.mul(4 * k * t).div_((z + 1).square_())
 
 
 class _EDESign(torch.autograd.Function):

@@ -199,7 +199,22 @@ def test_ede_sign_gradient_equals_autograd_of_tanh(t: float, k: float) -> None:
     out, g = _grad(lambda v: ede_sign(v, t, k), x, upstream)
     _, g_ref = _grad(lambda v: k * torch.tanh(t * v), x, upstream)
     assert out.tolist() == [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
-    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=0)
+    # atol: where t * x = 20, autograd's 1 - tanh^2 has cancelled to 0 or 2e-16
+    # (the true value is 1.7e-17); elsewhere the two agree to 1e-12.
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=5e-16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ede_gradient_is_accurate_in_the_tails(dtype: torch.dtype) -> None:
+    """sech^2 without cancellation: relative error ~ eps even where tanh rounds to 1."""
+    x = torch.linspace(-12.0, 12.0, 2401, dtype=torch.float64)
+    t, k = 2.0, 1.0
+    exact = k * t / torch.cosh(t * x) ** 2  # float64: accurate here, cosh(24) ~ 1e10
+    x_in = x.to(dtype).requires_grad_(True)
+    ede_sign(x_in, t, k).sum().backward()
+    assert x_in.grad is not None
+    rel = ((x_in.grad.double() - exact).abs() / exact).max().item()
+    assert rel < (1e-5 if dtype == torch.float32 else 1e-12), rel
 
 
 def test_libra_pb_constant_channel_is_finite() -> None:
