@@ -15,7 +15,9 @@ batches. Settings, side by side (``--settings``):
 
 ``--breakdown`` also times the parts of an eager 1W/1A step (forward,
 backward, binarization, teacher forward, augmentation) one by one.
-``--profile`` profiles the compiled steps of each mode (torch.profiler with
+``--interleave`` lets the modes take turns within a setting (``--repeats``
+rounds of ``--iters`` steps each), for ratios on a machine whose speed
+drifts. ``--profile`` profiles the compiled steps of each mode (torch.profiler with
 inductor's kernel records) and splits a step into convolutions and the
 fused elementwise kernels (BatchNorm, activations, sign, EDE, Libra-PB),
 forward and backward: where a binary step's extra time goes.
@@ -84,10 +86,9 @@ def _loader(batch: int, device: torch.device) -> Any:
                            batch_size=batch, train=True, seed=0, device=device)
 
 
-def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
-            device: torch.device, setting: dict[str, bool], depth: int,
-            profile: bool = False) -> dict[str, Any]:
-    """Median seconds per training step over ``repeats`` runs of ``iters`` steps."""
+def make_step(model: nn.Module, batch: int, device: torch.device,
+              setting: dict[str, bool], depth: int) -> Any:
+    """One training step of ``model`` under ``setting``, as a function of no arguments."""
     from irconvert.train.precision import autocast, resolve_amp
 
     fast = setting["fast"]
@@ -133,6 +134,14 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
         with torch.profiler.record_function(PHASES[2]):
             opt.step()
 
+    return step
+
+
+def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
+            device: torch.device, setting: dict[str, bool], depth: int,
+            profile: bool = False) -> dict[str, Any]:
+    """Median seconds per training step over ``repeats`` runs of ``iters`` steps."""
+    step = make_step(model, batch, device, setting, depth)
     for _ in range(warmup):
         step()
     _sync(device)
@@ -192,6 +201,36 @@ def profile_step(step: Any, iters: int) -> dict[str, float]:
         total = sum(e.cpu_time_total for e in prof.events() if e.name == phase)
         parts[f"{phase.split(':')[1]}: total"] = total / 1000 / iters
     return dict(sorted(parts.items()))
+
+
+def measure_interleaved(modes: list[str], args: Any, device: torch.device,
+                        setting: dict[str, bool]) -> dict[str, dict[str, Any]]:
+    """Like :func:`measure`, but the modes take turns, ``iters`` steps each, ``repeats`` rounds.
+
+    On a machine whose speed drifts (a shared host), back-to-back blocks of one
+    mode and then the other can differ by 10% for nothing but the drift;
+    taking turns exposes every mode to the same drift, so the ratio holds.
+    """
+    steps = {m: make_step(build(m, args.depth, device), args.batch_size, device, setting,
+                          args.depth) for m in modes}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(args.repeats):
+        for mode, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                step()
+            _sync(device)
+            times[mode].append((time.perf_counter() - start) / args.iters)
+    out: dict[str, dict[str, Any]] = {}
+    for mode, ts in times.items():
+        sec = statistics.median(ts)
+        out[mode] = {"sec_per_step": sec, "images_per_s": args.batch_size / sec,
+                     "spread": max(ts) / min(ts), "cpu_sec_per_step": float("nan")}
+    return out
 
 
 def _ms(fn: Any, iters: int = 5) -> float:
@@ -261,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of an eager 1W/1A step")
+    parser.add_argument("--interleave", action="store_true",
+                        help="modes take turns (iters steps each, repeats rounds): "
+                        "ratios that hold on a machine whose speed drifts")
     parser.add_argument("--profile", action="store_true",
                         help="also split each compiled step into convolutions and fused kernels")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -280,10 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for setting in args.settings:
         base = None
+        interleaved = (measure_interleaved(args.modes, args, device, SETTINGS[setting])
+                       if args.interleave else {})
         for mode in args.modes:
-            model = build(mode, args.depth, device)
-            result = measure(model, args.batch_size, args.warmup, args.iters, args.repeats,
-                             device, SETTINGS[setting], args.depth, args.profile)
+            if args.interleave:
+                result = interleaved[mode]
+            else:
+                model = build(mode, args.depth, device)
+                result = measure(model, args.batch_size, args.warmup, args.iters,
+                                 args.repeats, device, SETTINGS[setting], args.depth,
+                                 args.profile)
             if mode == "fp32":
                 base = result["images_per_s"]
             row = {"mode": mode, "setting": setting, **result,
