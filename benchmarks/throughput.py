@@ -217,19 +217,22 @@ def measure_interleaved(modes: list[str], args: Any, device: torch.device,
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu_times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode, step in steps.items():
             _sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.iters):
                 step()
             _sync(device)
             times[mode].append((time.perf_counter() - start) / args.iters)
+            cpu_times[mode].append((time.process_time() - cpu_start) / args.iters)
     out: dict[str, dict[str, Any]] = {}
     for mode, ts in times.items():
         sec = statistics.median(ts)
         out[mode] = {"sec_per_step": sec, "images_per_s": args.batch_size / sec,
-                     "spread": max(ts) / min(ts), "cpu_sec_per_step": float("nan")}
+                     "spread": max(ts) / min(ts),
+                     "cpu_sec_per_step": statistics.median(cpu_times[mode])}
     return out
 
 
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
+    if args.profile and args.interleave:
+        parser.error("--profile measures each mode on its own; drop --interleave")
     if args.profile:
         import torch._inductor.config as inductor_config
 
