@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
 
 import irconvert
+from irconvert.atomic import write_text
 from irconvert.export.isolated import crash_reason
 from irconvert.nn import IRLayer
 from irconvert.nn.thresholds import init_act_thresholds
@@ -342,7 +343,7 @@ def main() -> None:
             r = json.loads(line)
             if r["arch"] not in (args.archs or []):
                 done[(r["arch"], r["mode"])] = r
-        jsonl.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        write_text(jsonl, "".join(json.dumps(r) + "\n" for r in done.values()))
     elif jsonl.exists():
         jsonl.unlink()
     args.archs = args.archs or list(PANEL)
@@ -365,7 +366,7 @@ def main() -> None:
     text = (f"# Architecture coverage\n\n{machine()}, torch {torch.__version__}; random weights, "
             f"BatchNorm statistics from CIFAR-10 images; `{' '.join(sys.argv)}`\n\n"
             f"{summary(rows)}\n\n{table(rows)}\n")
-    args.out.with_suffix(".md").write_text(text)
+    write_text(args.out.with_suffix(".md"), text)
     print(text)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from irconvert.atomic import write_text
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.data.loaders import images_as_uint8
 from irconvert.io import load_model
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['train_images_per_s']:.0f} | {r['wall_s'] / 60:.1f} min |")
     lines.append(f"\n{rows[-1]['machine']}, torch {rows[-1]['torch']}; command: python "
                  + " ".join([sys.argv[0], *(argv or sys.argv[1:])]))
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from irconvert.atomic import write_text
 from irconvert.train.recipe import apply_overrides, load_recipe
 from irconvert.train.trainer import binarize_and_train
 
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(md + "\n")
+        write_text(args.out.with_suffix(".json"), json.dumps(row, indent=2) + "\n")
+        write_text(args.out.with_suffix(".md"), md + "\n")
     return 0
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
+from irconvert.atomic import write_text
 from irconvert.export import export_checkpoint, load_predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
               "formats": rows}
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import irconvert
+from irconvert.atomic import write_text
 from irconvert.export import export_onnx, export_openvino, save_packed
 from irconvert.export.bench import BASELINE, BenchRow, compare, model_bytes
 
@@ -158,7 +159,7 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 import irconvert
+from irconvert.atomic import write_text
 from irconvert.models import cifar_resnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -137,6 +138,26 @@ def make_step(model: nn.Module, batch: int, device: torch.device,
     return step
 
 
+def _timed_block(step: Any, iters: int, device: torch.device) -> tuple[float, float]:
+    """Wall and process-CPU seconds per step over ``iters`` steps."""
+    _sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / iters, (time.process_time() - cpu_start) / iters
+
+
+def _summary(blocks: list[tuple[float, float]], batch: int) -> dict[str, Any]:
+    """Medians over timed blocks; CPU seconds are less disturbed than wall time
+    on a CPU shared with other jobs, so they are reported beside it."""
+    times = [wall for wall, _ in blocks]
+    sec = statistics.median(times)
+    return {"sec_per_step": sec, "images_per_s": batch / sec,
+            "spread": max(times) / min(times),
+            "cpu_sec_per_step": statistics.median(cpu for _, cpu in blocks)}
+
+
 def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
             device: torch.device, setting: dict[str, bool], depth: int,
             profile: bool = False) -> dict[str, Any]:
@@ -144,20 +165,8 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
     step = make_step(model, batch, device, setting, depth)
     for _ in range(warmup):
         step()
-    _sync(device)
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(iters):
-            step()
-        _sync(device)
-        times.append((time.perf_counter() - start) / iters)
-        cpu_times.append((time.process_time() - cpu_start) / iters)
-    sec = statistics.median(times)
-    # process CPU seconds: less disturbed than wall time on a CPU shared with other jobs
-    out: dict[str, Any] = {"sec_per_step": sec, "images_per_s": batch / sec,
-                           "spread": max(times) / min(times),
-                           "cpu_sec_per_step": statistics.median(cpu_times)}
+    blocks = [_timed_block(step, iters, device) for _ in range(repeats)]
+    out = _summary(blocks, batch)
     if profile:
         out["profile_ms"] = profile_step(step, iters)
     return out
@@ -216,24 +225,11 @@ def measure_interleaved(modes: list[str], args: Any, device: torch.device,
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    cpu_times: dict[str, list[float]] = {m: [] for m in modes}
+    blocks: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode, step in steps.items():
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            for _ in range(args.iters):
-                step()
-            _sync(device)
-            times[mode].append((time.perf_counter() - start) / args.iters)
-            cpu_times[mode].append((time.process_time() - cpu_start) / args.iters)
-    out: dict[str, dict[str, Any]] = {}
-    for mode, ts in times.items():
-        sec = statistics.median(ts)
-        out[mode] = {"sec_per_step": sec, "images_per_s": args.batch_size / sec,
-                     "spread": max(ts) / min(ts),
-                     "cpu_sec_per_step": statistics.median(cpu_times[mode])}
-    return out
+            blocks[mode].append(_timed_block(step, args.iters, device))
+    return {mode: _summary(b, args.batch_size) for mode, b in blocks.items()}
 
 
 def _ms(fn: Any, iters: int = 5) -> float:
@@ -359,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['machine']}; torch {torch.__version__}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+        write_text(args.out.with_suffix(".json"), json.dumps(info, indent=2))
         lines = ["| setting | mode | images/s | ms/step | vs fp32 (same setting) |",
                  "|---|---|---|---|---|"]
         for r in rows:
@@ -379,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += [f"| {k} | {v:.1f} |" for k, v in parts.items()]
         lines.append(f"\n{info['model']}, batch {args.batch_size}, {info['machine']}, "
                      f"torch {torch.__version__}")
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     return 0
 
 
