@@ -60,6 +60,8 @@ def run_post_training(model: str, config: Any, out: Path | None, data: str | Non
                          f"re-estimated on {result.bn_batches} training batches"))
         where = f"{result.data} ({result.split}, {result.binary.images} images)"
         rows.append(("evaluated on", escape(where)))
+        if result.skipped:
+            rows.append(("unreadable images skipped", f"{len(result.skipped)} (listed below)"))
         if result.fp is not None:
             rows.append(("full-precision top-1 / top-5",
                          f"{result.fp.top1:.2f}% / {result.fp.top5:.2f}%"))
@@ -67,6 +69,8 @@ def run_post_training(model: str, config: Any, out: Path | None, data: str | Non
                      f"{result.binary.top1:.2f}% / {result.binary.top5:.2f}%"))
     if rows:
         console.print(key_value_grid(rows))
+    for path in result.skipped:
+        _line(f"skipped unreadable image: {path}")
     _line(f"wrote {result.path} ({result.arch}, {mode}, not fine-tuned)")
     run_dir = str(_run_dir(result.path))
     if data is None:

@@ -21,6 +21,7 @@ __all__ = [
     "DataBundle",
     "DataSpec",
     "ImageFiles",
+    "first_image",
     "open_data",
     "parse_data_spec",
 ]
@@ -74,6 +75,19 @@ class DataBundle:
         """Every file of either split found unreadable so far."""
         return [path for split in (self.train, self.val) if isinstance(split, ImageFiles)
                 for path in split.bad_paths()]
+
+
+def first_image(dataset: Dataset[Any]) -> Any | None:
+    """The first readable image of ``dataset`` (None: it has none).
+
+    In skip mode an unreadable file's sample is None, so ``dataset[0]`` may
+    not be an image.
+    """
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        sample = dataset[i]
+        if sample is not None:
+            return sample[0]
+    return None
 
 
 def parse_data_spec(spec: str) -> DataSpec:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,8 @@ class PostTrainResult:
     ``fp``/``binary`` (an :class:`~irconvert.train.evaluate.EvalResult`) are
     None without data; ``bn_batches`` is the number of training batches
     BatchNorm was re-estimated on; ``thresholds`` the number of layers whose
-    activation threshold was set from data.
+    activation threshold was set from data; ``skipped`` the unreadable image
+    files left out (``data.bad_files: skip``).
     """
 
     path: Path
@@ -67,6 +68,7 @@ class PostTrainResult:
     binary: EvalResult | None = None
     bn_batches: int = 0
     thresholds: int = 0
+    skipped: list[str] = field(default_factory=list)
 
 
 def _mode(act_bits: int) -> str:
@@ -234,7 +236,7 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
                arch: str, channels: int, download: bool, bn_batches: int | None,
                evaluate_fp: bool) -> tuple[PostTrainResult, Any, Any, list[str]]:
     """Binarize, calibrate on ``data``'s training split, evaluate on its validation split."""
-    from irconvert.data.datasets import open_data
+    from irconvert.data.datasets import first_image, open_data
     from irconvert.data.loaders import (
         AugmentedDataset,
         build_transform,
@@ -248,7 +250,10 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
 
     bundle = open_data(data, channels=channels, download=download,
                        bad_files=recipe.data.bad_files)
-    bands = getattr(bundle.val[0][0], "getbands", lambda: ())()
+    image = first_image(bundle.val)
+    if image is None:
+        raise DataError(f"{bundle.name}: no readable image in the {bundle.val_split} split")
+    bands = getattr(image, "getbands", lambda: ())()
     if bands and len(bands) != channels:  # the digits are grayscale whatever is asked
         raise DataError(f"{bundle.name} has {len(bands)}-channel images but the model takes "
                         f"{channels}-channel input")
@@ -284,4 +289,5 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
                                                     device)
         result.bn_batches = recalibrate_bn(model, train_loader, steps, device)
     result.binary = evaluate(model, val_loader, device, amp=recipe.amp)
+    result.skipped = list(bundle.bad_paths())
     return result, mean, std, list(bundle.classes)

@@ -170,6 +170,25 @@ def test_corrupt_images_can_be_skipped_and_counted(files: dict[str, Path],
     assert "left out 1 unreadable image file(s)" in result.stderr and "3 images" in result.stdout
 
 
+def test_post_training_counts_and_names_the_images_it_skipped(files: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    # Regression: without fine-tuning, --skip-bad-images left files out silently.
+    data, bad = _spoiled(files, tmp_path)
+    val_bad = data / "val" / "class0" / "0.png"
+    val_bad.write_bytes(b"")
+    result = runner.invoke(app, ["binarize", str(files["fp"]), "--arch", "digits_cnn",
+                                 "--data", f"imagefolder:{data}", "--recipe",
+                                 str(files["recipe"]), "--epochs", "0",
+                                 "--out", str(tmp_path / "pt"), "--skip-bad-images"])
+    assert result.exit_code == 0, result.output
+    # the training image is met by the BatchNorm re-estimate, the other by the evaluation
+    assert "unreadable images skipped" in result.output
+    assert "2 (listed below)" in result.output
+    for path in (bad, val_bad):
+        assert f"skipped unreadable image: {path}" in result.output
+    assert "3 images" in result.output  # the evaluation left it out
+
+
 @pytest.mark.parametrize(("target", "what"), [
     ("notarun", "notarun: not a run directory (no last.pt, config.yaml, run.yaml)"),
     ("nosuch", "nosuch: no such run directory"),
