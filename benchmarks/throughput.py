@@ -173,6 +173,9 @@ def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
 
 
 PHASES = ("irc:forward", "irc:backward", "irc:optimizer")
+TOP_KERNELS = 5
+ABBREVIATIONS = (("_native_batch_norm_legit_functional", "bn"),
+                 ("native_batch_norm_backward", "bn_bwd"), ("convolution_backward", "conv_bwd"))
 
 
 def profile_step(step: Any, iters: int) -> dict[str, float]:
@@ -189,6 +192,7 @@ def profile_step(step: Any, iters: int) -> dict[str, float]:
         for _ in range(iters):
             step()
     parts: dict[str, float] = {}
+    kernels: dict[str, float] = {}
     for event in prof.events():
         name, phase = event.name, None
         parent = event.cpu_parent
@@ -200,8 +204,14 @@ def profile_step(step: Any, iters: int) -> dict[str, float]:
             continue
         if name in ("aten::mkldnn_convolution", "aten::convolution_backward"):
             kind = "convolutions"
-        elif "cpp_fused" in name:
+        elif "cpp_fused_" in name:
             kind = "fused elementwise"
+            # the kernel's name lists the ops inductor fused into it
+            ops = name.split("cpp_fused_", 1)[1].rsplit("_", 1)[0]
+            for long, short in ABBREVIATIONS:
+                ops = ops.replace(long, short)
+            kernel = f"kernel ({phase}): {ops}"
+            kernels[kernel] = kernels.get(kernel, 0.0) + event.self_cpu_time_total / 1000 / iters
         else:
             continue
         key = f"{phase}: {kind}"
@@ -209,7 +219,9 @@ def profile_step(step: Any, iters: int) -> dict[str, float]:
     for phase in PHASES:
         total = sum(e.cpu_time_total for e in prof.events() if e.name == phase)
         parts[f"{phase.split(':')[1]}: total"] = total / 1000 / iters
-    return dict(sorted(parts.items()))
+    # the costliest fused kernels (summed over kernels of the same ops): where to look next
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
+    return dict(sorted(parts.items())) | dict(top)
 
 
 def measure_interleaved(modes: list[str], args: Any, device: torch.device,
