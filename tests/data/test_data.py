@@ -16,7 +16,7 @@ from irconvert.data import (
     parse_data_spec,
     resolve_normalization,
 )
-from irconvert.data.datasets import BadImageError
+from irconvert.data.datasets import BadImageError, first_image
 from irconvert.data.loaders import (
     AugmentedDataset,
     build_transform,
@@ -206,3 +206,11 @@ def test_an_image_too_large_to_decode_is_named(tmp_path: Path,
     bundle = open_data(f"imagefolder:{root}")
     with pytest.raises(BadImageError, match=r"unreadable image .*decompression bomb"):
         bundle.val[0]
+
+
+def test_first_image_passes_over_skipped_files() -> None:
+    # In skip mode an unreadable file's sample is None: the first image is the first real one.
+    image = object()
+    assert first_image([None, None, (image, 3)]) is image  # type: ignore[arg-type]
+    assert first_image([None]) is None  # type: ignore[arg-type]
+    assert first_image([]) is None  # type: ignore[arg-type]
