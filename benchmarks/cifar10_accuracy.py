@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(row, indent=2))
     print(md)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text(args.out.with_suffix(".json"), json.dumps(row, indent=2) + "\n")
         write_text(args.out.with_suffix(".md"), md + "\n")
     return 0

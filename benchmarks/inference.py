@@ -158,7 +158,6 @@ def main() -> None:
     print()
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text(args.out, text)
 
 

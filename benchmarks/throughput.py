@@ -366,7 +366,6 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats, "rows": rows}
     print(f"machine: {info['machine']}; torch {torch.__version__}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text(args.out.with_suffix(".json"), json.dumps(info, indent=2))
         lines = ["| setting | mode | images/s | ms/step | vs fp32 (same setting) |",
                  "|---|---|---|---|---|"]
