@@ -213,7 +213,8 @@ def binarize(
     if resume and epochs == 0:
         raise typer.BadParameter("0 (post-training) cannot continue a run; drop --resume",
                                  param_hint="--epochs")
-    if not post_training and not run_dir_given and out is None:
+    # a dry run writes nothing, so it needs no run directory
+    if not post_training and not run_dir_given and out is None and not dry_run:
         raise typer.BadParameter("is required (the run directory to write)",
                                  param_hint="--out")
     if force and not post_training:

@@ -87,6 +87,14 @@ def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
     assert not out.exists()
 
 
+def test_dry_run_needs_no_out(setup: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["binarize", str(setup["model"]), "--arch", "digits_cnn",
+                                 "--data", f"imagefolder:{setup['data']}", "--recipe",
+                                 str(setup["recipe"]), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "lr: 0.05" in result.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--data", "imagefolder:/no/such/dir"], "data folder not found"),
     (["--lr", "-1"], "field 'optimizer.lr' must be a positive number, got -1.0"),
