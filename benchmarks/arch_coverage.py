@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -55,7 +53,7 @@ from _common import machine
 
 import irconvert
 from irconvert.atomic import write_text
-from irconvert.export.isolated import crash_reason
+from irconvert.export.isolated import predict_isolated
 from irconvert.nn import IRLayer
 from irconvert.nn.thresholds import init_act_thresholds
 from irconvert.train.bn import recalibrate_bn
@@ -200,25 +198,9 @@ def compare(expected: np.ndarray, got: np.ndarray, near_zero: int,
 
 
 def run_openvino_isolated(path: Path, x: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Run an OpenVINO IR in a child process: ``(logits, "")`` or ``(None, why)``.
-
-    Like :func:`irconvert.export.isolated.run_once_isolated`, but the logits
-    come back for the parity check.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "x.npy", x)
-        code = textwrap.dedent(f"""
-            import numpy as np
-            from irconvert.export.runtime import load_predictor
-            x = np.load({str(Path(tmp) / 'x.npy')!r})
-            np.save({str(Path(tmp) / 'y.npy')!r}, load_predictor({str(path)!r}, threads=1)(x))
-        """)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=600)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
-            return None, f"{crash_reason(done.returncode) or f'exit {done.returncode}'}: {tail}"
-        return np.load(Path(tmp) / "y.npy"), ""
+    """Run an OpenVINO IR in a child process: ``(logits, "")`` or ``(None, why)``."""
+    run = predict_isolated(path, x)
+    return run.outputs, run.why
 
 
 def one(name: str, mode: str, size: int, data: Path, work: Path,

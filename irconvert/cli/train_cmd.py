@@ -129,7 +129,8 @@ def binarize(
         "--recipe", help="YAML training recipe (see recipes/); defaults when omitted.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run directory to write (not needed with --dry-run). Without --data "
-        "(or with --epochs 0): where model.pt goes (a folder or a .pt path; default runs/NAME-1w1a/).")] = None,
+        "(or with --epochs 0): where model.pt goes (a folder or a .pt path; default "
+        "runs/NAME-1w1a/).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Without --data or with --epochs 0: replace an existing model.pt "
         "at --out.")] = False,

@@ -12,7 +12,7 @@ import torch
 import irconvert
 from irconvert.errors import ExportError, LoadError
 from irconvert.export import isolated
-from irconvert.export.isolated import crash_reason, run_once_isolated
+from irconvert.export.isolated import crash_reason, predict_isolated, run_once_isolated
 from irconvert.export.openvino_export import export_openvino
 from irconvert.export.runtime import load_predictor
 from tests.conftest import TinyNet
@@ -39,6 +39,21 @@ def test_a_child_that_runs_is_not_a_crash(monkeypatch: pytest.MonkeyPatch,
     assert run_once_isolated(tmp_path / "model.xml", (3, 8, 8)) is None
     monkeypatch.setattr(isolated, "_CHILD", "raise ValueError('an ordinary error')")
     assert run_once_isolated(tmp_path / "model.xml", (3, 8, 8)) is None
+
+
+def test_predict_isolated_returns_the_outputs_or_why_not(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    # a stand-in engine that doubles its input: the outputs travel back exactly
+    monkeypatch.setattr(isolated, "_CHILD",
+                        "import sys, numpy as np; np.save(sys.argv[3], 2 * np.load(sys.argv[2]))")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    run = predict_isolated(tmp_path / "model.xml", x)
+    assert run.outputs is not None and np.array_equal(run.outputs, 2 * x) and run.why == ""
+    monkeypatch.setattr(isolated, "_CHILD", "raise ValueError('bad graph')")
+    run = predict_isolated(tmp_path / "model.xml", x)
+    assert run.outputs is None and run.why == "exit 1: ValueError: bad graph"
+    monkeypatch.setattr(isolated, "_CHILD", SEGFAULT)
+    assert predict_isolated(tmp_path / "model.xml", x).why.startswith("SIGSEGV (signal 11)")
 
 
 @pytest.fixture
