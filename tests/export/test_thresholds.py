@@ -437,3 +437,20 @@ def test_openvino_without_thresholds_keeps_scalar_threshold(tmp_path: Path) -> N
     tiny = np.finfo(np.float32).tiny
     assert len(lows) == 2 and all(low.shape == (1, 1, 1, 1) and low.item() == -tiny
                                   for low in lows)
+
+
+def test_a_packed_export_is_not_a_run_checkpoint(tmp_path: Path) -> None:
+    from irconvert.checkpoint import load_run_checkpoint
+    from irconvert.errors import LoadError
+    from irconvert.export.api import export_checkpoint
+
+    model = build_model(ARCH, num_classes=10)
+    cfg = irconvert.BinarizeConfig()
+    irconvert.binarize_(model, cfg, warn=False)
+    save_packed(model.eval(), tmp_path / "m.irc", arch=ARCH, num_classes=10, config=cfg)
+    with pytest.raises(LoadError, match=r"m\.irc: a packed \.irc export, not a run checkpoint; "
+                       r"export from the run it came from"):
+        export_checkpoint(tmp_path / "m.irc", "onnx", tmp_path / "m.onnx")
+    with pytest.raises(LoadError, match=r"m\.irc: a packed \.irc export"):
+        load_run_checkpoint(tmp_path / "m.irc")
+    assert not (tmp_path / "m.onnx").exists()
