@@ -221,22 +221,8 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     # user's own checkpoint (weights-only: a run checkpoint never needs code).
     obj = read_checkpoint(p)
     if not is_checkpoint(obj):
-        if _is_packed(p):  # an export holds no training state: say where to go instead
-            raise LoadError(f"{p}: a packed .irc export, not a run checkpoint; export from "
-                            "the run it came from (its best.pt or last.pt); 'irconvert eval' "
-                            "takes the .irc itself")
         raise LoadError(f"{p}: not an irconvert run checkpoint (no 'format' marker)")
     return _supported(p, obj)
-
-
-def _is_packed(path: Path) -> bool:
-    from irconvert.export.packed import describe_packed
-
-    try:
-        describe_packed(path)
-    except LoadError:
-        return False
-    return True
 
 
 load_checkpoint = load_run_checkpoint  # the older name

@@ -26,6 +26,22 @@ class ExportSummary:
     layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
 
 
+def _refuse_packed(src: str | os.PathLike[str]) -> None:
+    """A packed ``.irc`` holds no training state: say where to export from instead."""
+    from irconvert.errors import LoadError
+    from irconvert.export.packed import describe_packed
+
+    if not Path(src).is_file():
+        return
+    try:
+        describe_packed(src)
+    except LoadError:
+        return  # not a packed file: the checkpoint loader names what it is
+    raise LoadError(f"{src}: a packed .irc export, not a run checkpoint; export from the run "
+                    "it came from (its best.pt or last.pt); 'irconvert eval' takes the .irc "
+                    "itself")
+
+
 def export_checkpoint(
     src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
     onnx_packed: bool = False, opset: int | None = None,
@@ -80,6 +96,7 @@ def export_checkpoint(
         from irconvert.export.openvino_export import import_openvino
 
         import_openvino()
+    _refuse_packed(src)
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt)
     frozen = freeze(model)
