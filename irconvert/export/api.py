@@ -26,20 +26,18 @@ class ExportSummary:
     layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
 
 
-def _refuse_packed(src: str | os.PathLike[str]) -> None:
-    """A packed ``.irc`` holds no training state: say where to export from instead."""
+def _refuse_export(src: str | os.PathLike[str]) -> None:
+    """An export holds no training state: say where to export from instead."""
     from irconvert.errors import LoadError
-    from irconvert.export.packed import describe_packed
+    from irconvert.export.runtime import detect_format
 
-    if not Path(src).is_file():
-        return
     try:
-        describe_packed(src)
+        kind = detect_format(src)
     except LoadError:
-        return  # not a packed file: the checkpoint loader names what it is
-    raise LoadError(f"{src}: a packed .irc export, not a run checkpoint; export from the run "
-                    "it came from (its best.pt or last.pt); 'irconvert eval' takes the .irc "
-                    "itself")
+        return  # not an export: the checkpoint loader names what it is
+    raise LoadError(f"{src}: an exported model ({kind}), not a run checkpoint; export from "
+                    "the run it came from (its best.pt or last.pt); 'irconvert eval' takes "
+                    "the export itself")
 
 
 def export_checkpoint(
@@ -96,7 +94,7 @@ def export_checkpoint(
         from irconvert.export.openvino_export import import_openvino
 
         import_openvino()
-    _refuse_packed(src)
+    _refuse_export(src)
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt)
     frozen = freeze(model)

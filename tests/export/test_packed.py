@@ -220,3 +220,20 @@ def test_weights_only_mode_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_an_export_is_not_a_run_checkpoint(tmp_path: Path) -> None:
+    from irconvert.export.api import export_checkpoint
+
+    model = build_model("cifar_resnet20", num_classes=10)
+    cfg = irconvert.BinarizeConfig()
+    irconvert.binarize_(model, cfg, warn=False)
+    save_packed(model.eval(), tmp_path / "m.irc", arch="cifar_resnet20", num_classes=10,
+                config=cfg)
+    with pytest.raises(LoadError, match=r"m\.irc: an exported model \(packed\), not a run "
+                       r"checkpoint; export from the run it came from"):
+        export_checkpoint(tmp_path / "m.irc", "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    (tmp_path / "a.onnx").write_bytes(b"\0")  # any export, not only .irc
+    with pytest.raises(LoadError, match=r"a\.onnx: an exported model \(onnx\)"):
+        export_checkpoint(tmp_path / "a.onnx", "packed", tmp_path / "b.irc")

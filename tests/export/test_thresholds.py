@@ -438,16 +438,3 @@ def test_openvino_without_thresholds_keeps_scalar_threshold(tmp_path: Path) -> N
     assert len(lows) == 2 and all(low.shape == (1, 1, 1, 1) and low.item() == -tiny
                                   for low in lows)
 
-
-def test_a_packed_export_is_not_a_run_checkpoint(tmp_path: Path) -> None:
-    from irconvert.errors import LoadError
-    from irconvert.export.api import export_checkpoint
-
-    model = build_model(ARCH, num_classes=10)
-    cfg = irconvert.BinarizeConfig()
-    irconvert.binarize_(model, cfg, warn=False)
-    save_packed(model.eval(), tmp_path / "m.irc", arch=ARCH, num_classes=10, config=cfg)
-    with pytest.raises(LoadError, match=r"m\.irc: a packed \.irc export, not a run checkpoint; "
-                       r"export from the run it came from"):
-        export_checkpoint(tmp_path / "m.irc", "onnx", tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
