@@ -197,12 +197,6 @@ def compare(expected: np.ndarray, got: np.ndarray, near_zero: int,
             "flips": flips, "near_zero": near_zero, "self_diff_1e-6": sensitivity}
 
 
-def run_openvino_isolated(path: Path, x: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Run an OpenVINO IR in a child process: ``(logits, "")`` or ``(None, why)``."""
-    run = predict_isolated(path, x)
-    return run.outputs, run.why
-
-
 def one(name: str, mode: str, size: int, data: Path, work: Path,
         one_signed: str = "threshold") -> dict[str, Any]:
     from irconvert.export import export_onnx, freeze
@@ -242,7 +236,8 @@ def one(name: str, mode: str, size: int, data: Path, work: Path,
         step = "openvino"
         ov_dir = work / f"{name.replace(':', '_')}-{mode}-ov"
         res = export_openvino(frozen, ov_dir, input_size=(3, size, size), force=True)
-        out, why = run_openvino_isolated(ov_dir, x.numpy())
+        run = predict_isolated(ov_dir, x.numpy())
+        out, why = run.outputs, run.why
         row["openvino"] = ({"ok": False, "crash": why, "binary_convolutions":
                             res.binary_convolutions} if out is None else
                            {**compare(expected, out, near, sens),
