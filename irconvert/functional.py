@@ -33,6 +33,7 @@ __all__ = [
 # for any channel with a real spread: its w_hat is 0, so mean|w_hat| = 0 gives
 # the scale 2 ** -inf = 0, and the channel is all zeros with zero gradient.
 _STD_FLOOR = 1e-12
+_NEG_2_LOG2_E = -2.0 / math.log(2.0)
 
 
 def binary_sign(x: Tensor) -> Tensor:
@@ -72,11 +73,15 @@ def _ede_grad(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
     same function (``1 - tanh(y) ** 2 = sech(y) ** 2``) with one exponential
     and no cancellation. ``1 - tanh ** 2`` loses every digit where ``tanh``
     rounds to +-1 (it returns 0 for |y| > 9 in fp32, and in bf16 already
-    from |y| ~ 3); this form stays within 2e-6 relative everywhere. It is
+    from |y| ~ 3); this form stays within 6e-6 relative in fp32 up to |y| = 24
+    (mostly the rounding of ``t x`` itself, which grows with |y|). It is
     also the cheaper one: vectorised ``exp`` costs about half of ``tanh`` on
     CPU, and this runs over every binarized activation in every backward.
+    ``z`` is taken as ``exp2(-2 |t x| / ln 2)``: the same value to a few
+    ulp, and on CPU the compiled 1W/1A training step is ~5% faster with it
+    than with ``exp`` (measured, interleaved: docs/benchmarks.md).
     """
-    z = (t * x).abs_().mul_(-2).exp_()
+    z = torch.exp2((t * x).abs_().mul_(_NEG_2_LOG2_E))
     return z.mul(4 * k * t).div_((z + 1).square_())
 
 
