@@ -33,7 +33,7 @@ def _input_size(value: str | None) -> tuple[int, ...] | None:
 def export(
     src: Annotated[Path, typer.Argument(
         help="A run checkpoint (.pt) or run directory (best.pt, last.pt or the model.pt "
-        "of a post-training conversion).")],
+        "of a post-training conversion); for onnx and openvino also a packed .irc.")],
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Output: a .irc file, an .onnx file, or an OpenVINO "
         "directory (or .xml path).")],

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from irconvert.errors import ExportError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["FORMATS", "ExportSummary", "export_checkpoint"]
 
@@ -26,18 +30,46 @@ class ExportSummary:
     layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
 
 
-def _refuse_export(src: str | os.PathLike[str]) -> None:
-    """An export holds no training state: say where to export from instead."""
+def _export_kind(src: str | os.PathLike[str], fmt: str) -> str | None:
+    """``packed`` when ``src`` is an ``.irc`` to re-export as ONNX/OpenVINO, else None.
+
+    An ``.irc`` holds every tensor of the inference model, so it exports to the
+    other formats as its run checkpoint would; anything else that is already
+    an export (ONNX, OpenVINO, an ``.irc`` asked for as ``.irc`` again) is refused
+    with what to do instead.
+    """
     from irconvert.errors import LoadError
     from irconvert.export.runtime import detect_format
 
     try:
         kind = detect_format(src)
     except LoadError:
-        return  # not an export: the checkpoint loader names what it is
+        return None  # not an export: the checkpoint loader names what it is
+    if kind == "packed" and fmt != "packed":
+        return kind
+    if kind == "packed":
+        raise LoadError(f"{src}: already a packed .irc model; 'irconvert export' turns it "
+                        "into onnx or openvino, 'irconvert eval' runs it")
     raise LoadError(f"{src}: an exported model ({kind}), not a run checkpoint; export from "
-                    "the run it came from (its best.pt or last.pt); 'irconvert eval' takes "
-                    "the export itself")
+                    "the run it came from (its best.pt or last.pt) or from its .irc; "
+                    "'irconvert eval' takes the export itself")
+
+
+def _from_packed(src: str | os.PathLike[str],
+                 input_size: tuple[int, ...] | None) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The frozen model and preprocessing record of an ``.irc`` file."""
+    from irconvert.export.meta import check_metadata
+    from irconvert.export.packed import describe_packed, load_packed
+
+    frozen = load_packed(src)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    metadata = dict(describe_packed(src).preprocessing or {})
+    size = input_size or metadata.get("input_size") or getattr(frozen, "irconvert_input_size",
+                                                               None)
+    if size is not None:
+        metadata["input_size"] = [int(v) for v in size]
+    return frozen, check_metadata(metadata)
 
 
 def export_checkpoint(
@@ -46,10 +78,12 @@ def export_checkpoint(
     input_size: tuple[int, ...] | None = None, int8: bool | None = None,
     data: str | None = None, calib_images: int = 256,
 ) -> ExportSummary:
-    """Export the model in a trainer run checkpoint (``.pt`` or run directory).
+    """Export the model in a trainer run checkpoint (``.pt`` or run directory) or ``.irc``.
 
     Args:
-        src: checkpoint file or run directory (``best.pt``/``last.pt``).
+        src: checkpoint file or run directory (``best.pt``/``last.pt``); for
+            ``onnx``/``openvino`` also a packed ``.irc`` (its recorded
+            preprocessing carries over).
         fmt: ``packed`` (``.irc``), ``onnx`` or ``openvino``.
         out: output path (an OpenVINO directory or ``.xml`` for openvino).
         force: overwrite existing output.
@@ -94,12 +128,15 @@ def export_checkpoint(
         from irconvert.export.openvino_export import import_openvino
 
         import_openvino()
-    _refuse_export(src)
-    ckpt = load_checkpoint(src)
-    model = model_from_checkpoint(ckpt)
-    frozen = freeze(model)
-    size_in = input_size or getattr(model, "irconvert_input_size", None)
-    metadata = metadata_from_checkpoint(ckpt, size_in)
+    if _export_kind(src, fmt) == "packed":
+        frozen, metadata = _from_packed(src, input_size)
+        ckpt: dict[str, Any] = {}
+    else:
+        ckpt = load_checkpoint(src)
+        model = model_from_checkpoint(ckpt)
+        frozen = freeze(model)
+        size_in = input_size or getattr(model, "irconvert_input_size", None)
+        metadata = metadata_from_checkpoint(ckpt, size_in)
     n_binary = len(binary_layers(frozen))
     if fmt == "packed":
         from irconvert.export.packed import save_packed

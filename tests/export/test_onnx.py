@@ -161,3 +161,29 @@ def test_resnet18_parity(tmp_path: Path, packed: bool) -> None:
     x = torch.randn(2, 3, 224, 224)
     assert_parity(model, session_run(path, x), x)
     assert_parity(model, load_predictor(path)(x.numpy()), x)
+
+
+def test_irc_exports_to_onnx_with_parity(tmp_path: Path) -> None:
+    """A user with only the .irc (as results/ ships) gets ONNX that predicts the same."""
+    from irconvert.export.api import export_checkpoint
+    from irconvert.export.packed import load_packed, save_packed
+    from irconvert.models import build_model
+    from tests.export.test_freeze import randomize_bn
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", num_classes=10)
+    cfg = irconvert.BinarizeConfig()
+    irconvert.binarize_(model, cfg, warn=False)
+    randomize_bn(model)
+    norm = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    save_packed(model.eval(), tmp_path / "m.irc", arch="cifar_resnet20", num_classes=10,
+                config=cfg, metadata={"normalization": norm})
+    summary = export_checkpoint(tmp_path / "m.irc", "onnx", tmp_path / "m.onnx")
+    assert summary.binary_layers == 18
+    check_graph(tmp_path / "m.onnx", 18)
+    predictor = load_predictor(tmp_path / "m.onnx")
+    # the .irc's preprocessing carries over, with the input size it was traced at
+    assert predictor.preprocessing == {"normalization": norm, "input_size": [3, 32, 32]}
+    x = torch.randn(5, 3, 32, 32)
+    assert_parity(load_packed(tmp_path / "m.irc"), predictor(x.numpy()), x)
+    assert_parity(model, session_run(tmp_path / "m.onnx", x), x)

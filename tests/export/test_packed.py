@@ -222,7 +222,9 @@ def test_weights_only_mode_round_trip(tmp_path: Path) -> None:
         assert torch.equal(loaded(x), model(x))
 
 
-def test_an_export_is_not_a_run_checkpoint(tmp_path: Path) -> None:
+def test_exports_that_cannot_be_exported_again(tmp_path: Path) -> None:
+    """An .irc exports to ONNX/OpenVINO (tests/export/test_onnx.py), not to .irc
+    again; ONNX and OpenVINO files are not sources at all."""
     from irconvert.export.api import export_checkpoint
 
     model = build_model("cifar_resnet20", num_classes=10)
@@ -230,10 +232,13 @@ def test_an_export_is_not_a_run_checkpoint(tmp_path: Path) -> None:
     irconvert.binarize_(model, cfg, warn=False)
     save_packed(model.eval(), tmp_path / "m.irc", arch="cifar_resnet20", num_classes=10,
                 config=cfg)
-    with pytest.raises(LoadError, match=r"m\.irc: an exported model \(packed\), not a run "
-                       r"checkpoint; export from the run it came from"):
-        export_checkpoint(tmp_path / "m.irc", "onnx", tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
-    (tmp_path / "a.onnx").write_bytes(b"\0")  # any export, not only .irc
-    with pytest.raises(LoadError, match=r"a\.onnx: an exported model \(onnx\)"):
-        export_checkpoint(tmp_path / "a.onnx", "packed", tmp_path / "b.irc")
+    with pytest.raises(LoadError, match=r"m\.irc: already a packed \.irc model; 'irconvert "
+                       r"export' turns it into onnx or openvino"):
+        export_checkpoint(tmp_path / "m.irc", "packed", tmp_path / "n.irc")
+    assert not (tmp_path / "n.irc").exists()
+    (tmp_path / "a.onnx").write_bytes(b"\0")
+    for fmt in ("packed", "onnx"):
+        with pytest.raises(LoadError, match=r"a\.onnx: an exported model \(onnx\), not a run "
+                           r"checkpoint; export from the run it came from .* or from its \.irc"):
+            export_checkpoint(tmp_path / "a.onnx", fmt, tmp_path / f"b.{fmt}")
+        assert not (tmp_path / f"b.{fmt}").exists()
