@@ -152,3 +152,21 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         with pytest.raises(RuntimeError, match="disk full"):
             export_openvino(TinyNet(), target)
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_ov
+def test_irc_exports_to_openvino_with_parity(tmp_path: Path) -> None:
+    """From the .irc alone: every binary conv runs bit-packed, predictions match."""
+    from irconvert.export.api import export_checkpoint
+    from irconvert.export.packed import load_packed, save_packed
+
+    torch.manual_seed(0)
+    model = binarized("cifar_resnet20", 10)
+    save_packed(model, tmp_path / "m.irc", arch="cifar_resnet20", num_classes=10,
+                config=irconvert.BinarizeConfig())
+    summary = export_checkpoint(tmp_path / "m.irc", "openvino", tmp_path / "ov")
+    assert summary.details["BinaryConvolution layers"] == "18"
+    x = torch.randn(4, 3, 32, 32)
+    out, binary = run(tmp_path / "ov" / "model.xml", x)
+    assert len(binary) == 18
+    assert_parity(load_packed(tmp_path / "m.irc"), out, x)
