@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from irconvert.errors import LoadError, MissingDependencyError
+from irconvert.errors import DataError, LoadError, MissingDependencyError
 
 __all__ = ["Predictor", "detect_format", "load_predictor"]
 
@@ -41,11 +41,14 @@ class Predictor:
 
     def __init__(self, path: Path, fmt: str, run: Callable[[np.ndarray], np.ndarray],
                  input_size: tuple[int, ...] | None,
-                 preprocessing: dict[str, Any] | None = None) -> None:
+                 preprocessing: dict[str, Any] | None = None, *, fixed: bool = False) -> None:
         self.path, self.format, self._run = path, fmt, run
         self.preprocessing = preprocessing
         recorded = (preprocessing or {}).get("input_size")
         self.input_size = input_size or (tuple(recorded) if recorded else None)
+        # ONNX and OpenVINO graphs are traced at one C,H,W; their engines
+        # reject any other with a message about tensor indices.
+        self.fixed = fixed and self.input_size is not None
 
     @property
     def normalization(self) -> dict[str, list[float]] | None:
@@ -53,7 +56,13 @@ class Predictor:
         return norm
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._run(np.ascontiguousarray(images, dtype=np.float32))
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if self.fixed and tuple(x.shape[1:]) != tuple(self.input_size or ()):
+            want, got = (",".join(str(d) for d in dims)
+                         for dims in (self.input_size or (), x.shape[1:]))
+            raise DataError(f"{self.path}: takes inputs of C,H,W = {want} (fixed when it was "
+                            f"exported), not {got}; export it again with --input-size {got}")
+        return self._run(x)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r}, format={self.format!r})"
@@ -174,8 +183,8 @@ def _onnx(path: Path, threads: int) -> Predictor:
         out: np.ndarray = session.run(None, {name: x})[0]
         return out
 
-    return Predictor(path, "onnx", run, _static_size(list(session.get_inputs()[0].shape)),
-                     preprocessing)
+    size = _static_size(list(session.get_inputs()[0].shape))
+    return Predictor(path, "onnx", run, size, preprocessing, fixed=size is not None)
 
 
 def _openvino(xml: Path, threads: int, isolate: bool = False) -> Predictor:
@@ -214,4 +223,6 @@ def _openvino(xml: Path, threads: int, isolate: bool = False) -> Predictor:
     text = str(model.get_rt_info(where).astype(str)) if model.has_rt_info(where) else None
     shape = model.input(0).get_partial_shape()
     dims = [d.get_length() if d.is_static else None for d in shape]
-    return Predictor(xml, "openvino", run, _static_size(dims), decode_metadata(text, xml))
+    size = _static_size(dims)
+    return Predictor(xml, "openvino", run, size, decode_metadata(text, xml),
+                     fixed=size is not None)

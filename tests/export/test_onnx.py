@@ -187,3 +187,19 @@ def test_irc_exports_to_onnx_with_parity(tmp_path: Path) -> None:
     x = torch.randn(5, 3, 32, 32)
     assert_parity(load_packed(tmp_path / "m.irc"), predictor(x.numpy()), x)
     assert_parity(model, session_run(tmp_path / "m.onnx", x), x)
+
+
+def test_an_input_of_another_size_is_a_one_line_error(tmp_path: Path) -> None:
+    """The graph is traced at one C,H,W; the engine's own error names tensor indices."""
+    from irconvert.errors import DataError
+
+    model = TinyNet()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    path = export_onnx(model.eval(), tmp_path / "m.onnx", input_size=(3, 8, 8)).path
+    predictor = load_predictor(path)
+    assert predictor.fixed and predictor.input_size == (3, 8, 8)
+    predictor(np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(DataError, match=r"m\.onnx: takes inputs of C,H,W = 3,8,8 \(fixed when "
+                       r"it was exported\), not 3,10,10; export it again with --input-size "
+                       r"3,10,10"):
+        predictor(np.zeros((2, 3, 10, 10), np.float32))
