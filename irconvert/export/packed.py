@@ -83,6 +83,7 @@ __all__ = [
     "TensorRow",
     "describe_packed",
     "load_packed",
+    "open_packed",
     "save_packed",
 ]
 
@@ -437,6 +438,11 @@ def load_packed(path: str | os.PathLike[str]) -> nn.Module:
     Raises:
         LoadError: unreadable file, unknown architecture, or tensors that do not fit it.
     """
+    return open_packed(path)[0]
+
+
+def open_packed(path: str | os.PathLike[str]) -> tuple[nn.Module, PackedInfo]:
+    """:func:`load_packed` and :func:`describe_packed` of ``path``, reading it once."""
     from safetensors import safe_open
 
     from irconvert.convert import binarize_
@@ -487,7 +493,7 @@ def load_packed(path: str | os.PathLike[str]) -> nn.Module:
     if missing or result.unexpected_keys:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {result.unexpected_keys[0]!r}"
         raise LoadError(f"{path}: tensors do not fit {info.arch} ({what})")
-    return model.eval()
+    return model.eval(), info
 
 
 def _split_params(flat: Tensor, index: list[list[Any]]) -> dict[str, Tensor]:

@@ -116,10 +116,10 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0,
 def _packed(path: Path, threads: int) -> Predictor:
     import torch
 
-    from irconvert.export.packed import describe_packed, load_packed
+    from irconvert.export.packed import open_packed
 
-    model = load_packed(path)
-    preprocessing = describe_packed(path).preprocessing
+    model, info = open_packed(path)
+    preprocessing = info.preprocessing
 
     def run(x: np.ndarray) -> np.ndarray:
         before = torch.get_num_threads()
