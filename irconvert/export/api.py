@@ -30,8 +30,8 @@ class ExportSummary:
     layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
 
 
-def _export_kind(src: str | os.PathLike[str], fmt: str) -> str | None:
-    """``packed`` when ``src`` is an ``.irc`` to re-export as ONNX/OpenVINO, else None.
+def _packed_source(src: str | os.PathLike[str], fmt: str) -> bool:
+    """Whether ``src`` is an ``.irc`` to export as ONNX/OpenVINO (False: a checkpoint).
 
     An ``.irc`` holds every tensor of the inference model, so it exports to the
     other formats as its run checkpoint would; anything else that is already
@@ -44,27 +44,30 @@ def _export_kind(src: str | os.PathLike[str], fmt: str) -> str | None:
     try:
         kind = detect_format(src)
     except LoadError:
-        return None  # not an export: the checkpoint loader names what it is
-    if kind == "packed" and fmt != "packed":
-        return kind
-    if kind == "packed":
+        return False  # not an export: the checkpoint loader names what it is
+    if kind == "packed" and fmt == "packed":
         raise LoadError(f"{src}: already a packed .irc model; 'irconvert export' turns it "
                         "into onnx or openvino, 'irconvert eval' runs it")
-    raise LoadError(f"{src}: an exported model ({kind}), not a run checkpoint; export from "
-                    "the run it came from (its best.pt or last.pt) or from its .irc; "
-                    "'irconvert eval' takes the export itself")
+    if kind != "packed":
+        raise LoadError(f"{src}: an exported model ({kind}), not a run checkpoint; export "
+                        "from the run it came from (its best.pt or last.pt) or from its "
+                        ".irc; 'irconvert eval' takes the export itself")
+    return True
 
 
 def _from_packed(src: str | os.PathLike[str],
                  input_size: tuple[int, ...] | None) -> tuple[nn.Module, dict[str, Any] | None]:
-    """The frozen model and preprocessing record of an ``.irc`` file."""
-    from irconvert.export.meta import check_metadata
-    from irconvert.export.packed import describe_packed, load_packed
+    """The frozen model of an ``.irc`` and its preprocessing record.
 
-    frozen = load_packed(src)
+    The record's input size is the one to trace at unless ``input_size`` is given.
+    """
+    from irconvert.export.meta import check_metadata
+    from irconvert.export.packed import open_packed
+
+    frozen, info = open_packed(src)
     for p in frozen.parameters():
         p.requires_grad_(False)
-    metadata = dict(describe_packed(src).preprocessing or {})
+    metadata = dict(info.preprocessing or {})
     size = input_size or metadata.get("input_size") or getattr(frozen, "irconvert_input_size",
                                                                None)
     if size is not None:
@@ -128,18 +131,23 @@ def export_checkpoint(
         from irconvert.export.openvino_export import import_openvino
 
         import_openvino()
-    if _export_kind(src, fmt) == "packed":
+    ckpt: dict[str, Any] | None = None
+    if _packed_source(src, fmt):
         frozen, metadata = _from_packed(src, input_size)
-        ckpt: dict[str, Any] = {}
     else:
         ckpt = load_checkpoint(src)
         model = model_from_checkpoint(ckpt)
         frozen = freeze(model)
         size_in = input_size or getattr(model, "irconvert_input_size", None)
         metadata = metadata_from_checkpoint(ckpt, size_in)
+    # Trace at the size the metadata records, so the two cannot disagree.
+    recorded = (metadata or {}).get("input_size")
+    input_size = tuple(recorded) if recorded else input_size
     n_binary = len(binary_layers(frozen))
     if fmt == "packed":
         from irconvert.export.packed import save_packed
+
+        assert ckpt is not None  # an .irc source was refused for packed output above
 
         size = save_packed(frozen, target, arch=ckpt.get("arch"),
                            num_classes=int(ckpt["num_classes"]),

@@ -187,6 +187,15 @@ def test_irc_exports_to_onnx_with_parity(tmp_path: Path) -> None:
     x = torch.randn(5, 3, 32, 32)
     assert_parity(load_packed(tmp_path / "m.irc"), predictor(x.numpy()), x)
     assert_parity(model, session_run(tmp_path / "m.onnx", x), x)
+    # a recorded input size is the size the graph is traced at, not the model's default
+    save_packed(model, tmp_path / "m40.irc", arch="cifar_resnet20", num_classes=10,
+                config=cfg, metadata={"input_size": [3, 40, 40]})
+    export_checkpoint(tmp_path / "m40.irc", "onnx", tmp_path / "m40.onnx")
+    predictor = load_predictor(tmp_path / "m40.onnx")
+    assert predictor.input_size == (3, 40, 40)
+    assert predictor.preprocessing == {"input_size": [3, 40, 40]}
+    x = torch.randn(2, 3, 40, 40)
+    assert_parity(model, predictor(x.numpy()), x)
 
 
 def test_an_input_of_another_size_is_a_one_line_error(tmp_path: Path) -> None:
