@@ -437,4 +437,3 @@ def test_openvino_without_thresholds_keeps_scalar_threshold(tmp_path: Path) -> N
     tiny = np.finfo(np.float32).tiny
     assert len(lows) == 2 and all(low.shape == (1, 1, 1, 1) and low.item() == -tiny
                                   for low in lows)
-
