@@ -9,7 +9,14 @@ import torch
 
 
 def machine(device: torch.device | None = None) -> str:
-    """CPU model and thread count (and the GPU name on CUDA), in words."""
+    """CPU model, its vector ISA and bf16 support, thread count (and the GPU on CUDA).
+
+    The hosts behind one CPU name differ ("AMD EPYC" has been both a Zen 4
+    with AVX512_BF16 and a Zen 3 with AVX2 only), and the ISA decides
+    whether ``amp: bf16`` applies; so it is part of every result.
+    """
+    from irconvert.train.precision import cpu_bf16_supported
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -18,7 +25,9 @@ def machine(device: torch.device | None = None) -> str:
                 break
     except OSError:
         pass
-    text = f"{cpu}, {torch.get_num_threads()} threads"
+    isa = torch.backends.cpu.get_cpu_capability()
+    bf16 = "bf16" if cpu_bf16_supported() else "no bf16"
+    text = f"{cpu} ({isa}, {bf16}), {torch.get_num_threads()} threads"
     if device is not None and device.type == "cuda":
         text = f"{torch.cuda.get_device_name(device)} (host: {text})"
     return text

@@ -15,6 +15,11 @@ batches. Settings, side by side (``--settings``):
 
 ``--breakdown`` also times the parts of an eager 1W/1A step (forward,
 backward, binarization, teacher forward, augmentation) one by one.
+The ``fast`` settings also keep freed memory in the process as the trainer
+does on the CPU (``cpu_memory: retain``, ``--cpu-memory release`` turns it
+off); it is process-wide, so the settings run in the order above and
+``eager`` runs before it applies. Each row reports the minor page faults
+per step: glibc's default page-faults a 1W/1A step's buffers back in.
 ``--interleave`` lets the modes take turns within a setting (``--repeats``
 rounds of ``--iters`` steps each), for ratios on a machine whose speed
 drifts. ``--profile`` profiles the compiled steps of each mode (torch.profiler with
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -45,6 +51,7 @@ from torch import nn
 import irconvert
 from irconvert.atomic import write_text
 from irconvert.models import cifar_resnet
+from irconvert.train.memory import retain_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
@@ -138,24 +145,33 @@ def make_step(model: nn.Module, batch: int, device: torch.device,
     return step
 
 
-def _timed_block(step: Any, iters: int, device: torch.device) -> tuple[float, float]:
-    """Wall and process-CPU seconds per step over ``iters`` steps."""
+Block = tuple[float, float, float]
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed_block(step: Any, iters: int, device: torch.device) -> Block:
+    """Wall seconds, process-CPU seconds and minor page faults per step over ``iters`` steps."""
     _sync(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start, faults = time.perf_counter(), time.process_time(), _minor_faults()
     for _ in range(iters):
         step()
     _sync(device)
-    return (time.perf_counter() - start) / iters, (time.process_time() - cpu_start) / iters
+    return ((time.perf_counter() - start) / iters, (time.process_time() - cpu_start) / iters,
+            (_minor_faults() - faults) / iters)
 
 
-def _summary(blocks: list[tuple[float, float]], batch: int) -> dict[str, Any]:
+def _summary(blocks: list[Block], batch: int) -> dict[str, Any]:
     """Medians over timed blocks; CPU seconds are less disturbed than wall time
     on a CPU shared with other jobs, so they are reported beside it."""
-    times = [wall for wall, _ in blocks]
+    times = [wall for wall, _, _ in blocks]
     sec = statistics.median(times)
     return {"sec_per_step": sec, "images_per_s": batch / sec,
             "spread": max(times) / min(times),
-            "cpu_sec_per_step": statistics.median(cpu for _, cpu in blocks)}
+            "cpu_sec_per_step": statistics.median(cpu for _, cpu, _ in blocks),
+            "minor_faults_per_step": statistics.median(f for _, _, f in blocks)}
 
 
 def measure(model: nn.Module, batch: int, warmup: int, iters: int, repeats: int,
@@ -237,7 +253,7 @@ def measure_interleaved(modes: list[str], args: Any, device: torch.device,
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    blocks: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    blocks: dict[str, list[Block]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for mode, step in steps.items():
             blocks[mode].append(_timed_block(step, args.iters, device))
@@ -317,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also split each compiled step into convolutions and fused kernels")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--cpu-memory", choices=("retain", "release"), default="retain",
+                        help="the fast settings keep freed memory in the process, as the "
+                        "trainer's default cpu_memory: retain does (glibc; process-wide)")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     if args.profile and args.interleave:
@@ -333,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
 
     rows: list[dict[str, Any]] = []
-    for setting in args.settings:
+    retained = False
+    for setting in [s for s in SETTINGS if s in args.settings]:  # eager before retaining
+        if SETTINGS[setting]["fast"] and device.type == "cpu" and args.cpu_memory == "retain":
+            retained = retain_freed_memory()
         base = None
         interleaved = (measure_interleaved(args.modes, args, device, SETTINGS[setting])
                        if args.interleave else {})
@@ -347,13 +369,14 @@ def main(argv: list[str] | None = None) -> int:
                                  args.profile)
             if mode == "fp32":
                 base = result["images_per_s"]
-            row = {"mode": mode, "setting": setting, **result,
+            row = {"mode": mode, "setting": setting, "retained_memory": retained, **result,
                    "ratio_to_fp32": result["images_per_s"] / base if base else None}
             rows.append(row)
             ratio = f"{row['ratio_to_fp32']:.3f}" if row["ratio_to_fp32"] else "-"
             print(f"{mode:6s} {setting:9s} {result['images_per_s']:9.1f} img/s "
                   f"{1000 * result['sec_per_step']:8.1f} ms/step  ratio {ratio}  "
-                  f"(max/min {result['spread']:.2f}; CPU {result['cpu_sec_per_step']:.2f} s/step)",
+                  f"(max/min {result['spread']:.2f}; CPU {result['cpu_sec_per_step']:.2f} s/step; "
+                  f"{result['minor_faults_per_step']:.0f} page faults/step)",
                   flush=True)
             for part, ms in result.get("profile_ms", {}).items():
                 print(f"    {part:32s} {ms:8.1f} ms/step", flush=True)
@@ -367,12 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['machine']}; torch {torch.__version__}")
     if args.out:
         write_text(args.out.with_suffix(".json"), json.dumps(info, indent=2))
-        lines = ["| setting | mode | images/s | ms/step | vs fp32 (same setting) |",
-                 "|---|---|---|---|---|"]
+        lines = ["| setting | mode | images/s | ms/step | vs fp32 (same setting) "
+                 "| page faults/step | memory retained |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             ratio = f"{r['ratio_to_fp32']:.2f}" if r["ratio_to_fp32"] else "-"
             lines.append(f"| {r['setting']} | {r['mode']} | {r['images_per_s']:.0f} | "
-                         f"{1000 * r['sec_per_step']:.1f} | {ratio} |")
+                         f"{1000 * r['sec_per_step']:.1f} | {ratio} | "
+                         f"{r['minor_faults_per_step']:.0f} | "
+                         f"{'yes' if r['retained_memory'] else 'no'} |")
         profiled = [r for r in rows if "profile_ms" in r]
         if profiled:
             keys = sorted({k for r in profiled for k in r["profile_ms"]})

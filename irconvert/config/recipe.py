@@ -193,6 +193,10 @@ class TrainConfig(Section):
             falls back to fp32 on others; ``fp16`` is CUDA only.
         channels_last: NHWC memory format (CUDA and CPU).
         compile: ``torch.compile`` the model (and the distillation teacher).
+        cpu_memory: on the CPU with glibc, ``retain`` keeps freed memory in
+            the process for the next step instead of ``release``-ing it to
+            the kernel and page-faulting it back (glibc's default); it sets
+            the process's malloc thresholds (see ``irconvert.train.memory``).
         grad_clip: clip the gradient norm to this (0: off).
         seed: seeds python, numpy, torch and the data order.
         workers: DataLoader worker processes.
@@ -216,6 +220,7 @@ class TrainConfig(Section):
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
+    cpu_memory: Literal["retain", "release"] = "retain"
     grad_clip: float = nonneg(default=0.0)
     seed: int = nonneg(default=0)
     workers: int = nonneg(default=2)

@@ -52,6 +52,7 @@ from irconvert.models.heads import model_channels, model_outputs, replace_classi
 from irconvert.nn import set_binarization, set_ede
 from irconvert.train.distributed import all_reduce_sum, cleanup, init_distributed
 from irconvert.train.evaluate import EvalResult, _autocast, evaluate
+from irconvert.train.memory import release_freed_memory, retain_freed_memory
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.optim import build_optimizer, lr_factor_fn
 from irconvert.train.precision import resolve_amp
@@ -190,6 +191,10 @@ class Trainer:
             self.progress.log(f"note: amp {recipe.amp} is not available on this "
                               f"{self.device.type}; training in fp32")
         self.channels_last = recipe.channels_last
+        # Before the first large allocation: a binary model's step otherwise
+        # page-faults tens of MB back in every step (see train/memory.py).
+        self.retains_memory = (self.device.type == "cpu" and recipe.cpu_memory == "retain"
+                               and retain_freed_memory())
         self.stages: tuple[StageConfig, ...] = recipe.stage_list()
         if data.train is None:
             raise DataError(f"{data.name}: no train/ split to fine-tune on")
@@ -703,6 +708,8 @@ class Trainer:
                             f"{self.out_dir} --resume")
         finally:
             self.progress.stop()
+            if self.retains_memory:  # hand the run's working memory back to the kernel
+                release_freed_memory()
         evaluated = [r for r in self.history if r.get("val_top1") is not None]
         final: dict[str, Any] = evaluated[-1] if evaluated else {}
         return FitResult(

@@ -78,6 +78,7 @@ def test_paper_settings() -> None:
     ({"data": "big"}, "field 'data' must be a mapping, got 'big'"),
     ({"distill": {"alpha": 1.5}}, "field 'distill.alpha' must be a number in [0, 1], got 1.5"),
     ({"amp": "fp8"}, "field 'amp' must be one of none, bf16, fp16, got 'fp8'"),
+    ({"cpu_memory": "keep"}, "field 'cpu_memory' must be one of retain, release, got 'keep'"),
 ])
 def test_bad_fields_are_one_line_errors(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
