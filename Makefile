@@ -17,5 +17,5 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 lint:
-	ruff check irconvert tests benchmarks
+	ruff check irconvert tests benchmarks tools
 	mypy

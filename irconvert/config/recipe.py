@@ -185,7 +185,13 @@ class TrainConfig(Section):
         epochs: training length in epochs (or give ``steps``).
         steps: training length in optimizer steps (wins over ``epochs``).
         batch_size: images per step per process.
-        optimizer, schedule, ede, binarize, data, distill: sections.
+        optimizer: the optimizer.
+        schedule: the learning-rate schedule.
+        ede: the EDE schedule of the binarization.
+        binarize: what to binarize and how.
+        data: preprocessing and augmentation.
+        distill: distillation from the original model (null: none; ``{}``:
+            with the defaults of :class:`DistillConfig`).
         stages: optional list of stages run in order (see
             :class:`StageConfig`); ``epochs`` is then their sum.
         amp: mixed precision: ``none``, ``bf16`` or ``fp16``. ``bf16`` also
