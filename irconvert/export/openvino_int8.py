@@ -10,11 +10,17 @@ each such ``Convolution``/``MatMul`` of an :mod:`openvino_export` graph as::
     FakeQuantize(x, lo, hi, lo, hi, levels=256)              # activations, per tensor
       -> Convolution/MatMul(., Multiply(Convert(w_i8), s_c))  # weights int8, per channel
 
-- Weights: per output channel, symmetric: ``s_c = max|w_c| / 127``,
-  ``w_i8 = round(w / s_c)`` in [-127, 127] (stored as ``i8`` in the ``.bin``,
+- Weights: per output channel, symmetric: ``s_c = max|w_c| / 64``,
+  ``w_i8 = round(w / s_c)`` in [-64, 64] (stored as ``i8`` in the ``.bin``,
   4x smaller than fp32). The CPU plugin's low-precision transformations read
   ``Convert + Multiply`` on a constant as int8 weights with a dequantization
-  scale.
+  scale. Not [-127, 127]: CPUs without VNNI (AVX2, e.g. AMD Zen 3 and Intel
+  before Cascade Lake) multiply ``u8`` by ``i8`` with ``vpmaddubsw``, which
+  adds the products in pairs into int16 and saturates: 2 * 255 * 127
+  overflows 32767, and a layer's output was measured wrong by half on such a
+  CPU. Within +-64 every pair fits (2 * 255 * 64 = 32640) on every CPU, as
+  OpenVINO's own quantizer does with its overflow fix, at the cost of one
+  bit of weight precision (docs/export.md measures it).
 - Activations: one range per tensor, the min/max over the calibration images
   (:func:`calibrate`), widened to hold 0 and nudged so that 0 is exactly a
   level (a zero-padded border stays exactly 0). A non-negative range gives
@@ -56,6 +62,8 @@ __all__ = [
 ]
 
 LEVELS = 256
+# The largest |int8 weight|: see the module doc (u8 x i8 pairs must fit int16).
+WEIGHT_QMAX = 64
 CALIBRATION_BATCH = 32
 
 
@@ -237,8 +245,8 @@ def int8_weights(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     keep = [1] * w.ndim
     keep[axis] = w.shape[axis]
     amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1).reshape(keep)
-    scale = np.where(amax > 0, amax / 127, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
     return q, scale
 
 

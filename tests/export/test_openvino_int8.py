@@ -14,7 +14,14 @@ import irconvert
 from irconvert.errors import DataError
 from irconvert.export.calibration import calibration_images
 from irconvert.export.openvino_export import binary_conv_layers, compile_openvino, export_openvino
-from irconvert.export.openvino_int8 import activation_range, int8_weights, runtime_precisions
+from irconvert.export.openvino_int8 import (
+    WEIGHT_QMAX,
+    activation_range,
+    int8_weights,
+    kept_layers,
+    quantize_kept_layers,
+    runtime_precisions,
+)
 from tests.conftest import TinyNet
 from tests.export.test_freeze import randomize_bn
 
@@ -62,13 +69,13 @@ def grid_model() -> ResidualNet:
 def grid_stem(stem: nn.Conv2d) -> None:
     """Stem weights on their own int8 grid.
 
-    Each output channel's largest |weight| is 127 steps, so per-channel int8
+    Each output channel's largest |weight| is WEIGHT_QMAX steps, so per-channel int8
     holds the weights exactly; with inputs on the calibrated grid too
     (:func:`grid_images`) the int8 stem computes what the fp32 one does, and
     the binary layers after it see the same signs.
     """
-    w = torch.randint(-127, 128, stem.weight.shape).float()
-    w[:, 0, 0, 0] = 127
+    w = torch.randint(-WEIGHT_QMAX, WEIGHT_QMAX + 1, stem.weight.shape).float()
+    w[:, 0, 0, 0] = WEIGHT_QMAX
     stem.weight.data = w * STEP
 
 
@@ -172,7 +179,7 @@ def test_int8_helpers() -> None:
     assert activation_range(0.5, 2.0)[0] == 0.0  # non-negative: u8 from 0
     w = np.array([[1.0, -0.5], [0.0, 0.0], [-2.0, 1.0]], np.float32)
     q, s = int8_weights(w, 0)
-    assert q.dtype == np.int8 and q[0, 0] == 127 and q[2, 0] == -127 and not q[1].any()
+    assert q.dtype == np.int8 and q[0, 0] == 64 and q[2, 0] == -64 and not q[1].any()
     assert np.allclose(q * s, w, atol=s.max() / 2)
 
 
@@ -206,3 +213,36 @@ def test_runtime_precisions_names_original_layers(exports: tuple) -> None:
     _, _, int8 = exports
     names = runtime_precisions(compile_openvino(int8.xml, 1))
     assert any(kind == "BinaryConvolution" for kind, _, _ in names.values())
+
+
+@pytest.mark.parametrize("kind", ["conv", "matmul"])
+def test_int8_layers_do_not_saturate_on_cpus_without_vnni(kind: str) -> None:
+    """Inputs and weights at the top of their ranges: every u8 x i8 pair must fit int16.
+
+    CPUs without VNNI (AVX2) add u8 x i8 products in pairs into int16 with
+    saturation; with weights up to 127 this conv came out at half its value
+    on an AVX2 AMD EPYC. (On a VNNI CPU it passes either way.)
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    w = np.ones((16, 72), np.float32)
+    w[:, 0] = 0.5  # two magnitudes per channel: a float layer, not a binary one
+    if kind == "conv":
+        x = ops.parameter([1, 8, 4, 4], np.float32)
+        layer = ops.convolution(x, ops.constant(w.reshape(16, 8, 3, 3)), [1, 1], [0, 0],
+                                [0, 0], [1, 1])
+        inputs = np.full((1, 8, 4, 4), 2.55, np.float32)
+    else:
+        x = ops.parameter([1, 72], np.float32)
+        layer = ops.matmul(x, ops.constant(w), False, True)
+        inputs = np.full((1, 72), 2.55, np.float32)
+    model = ov.Model([layer], [x])
+    layers, _ = kept_layers(model)
+    assert len(layers) == 1
+    quantize_kept_layers(layers, [(0.0, 2.55)])  # 2.55 is u8 255
+    model.validate_nodes_and_infer_types()
+    compiled = ov.Core().compile_model(model, "CPU")
+    assert "u8" in {p for _, p, _ in kept_kernels(compiled).values()}  # really int8
+    out = np.asarray(compiled(inputs)[0])
+    assert np.allclose(out, 2.55 * w[0].sum(), rtol=1e-4), out.ravel()[:4]
