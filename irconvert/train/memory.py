@@ -4,16 +4,18 @@ A training step frees and re-allocates the same activation buffers every
 step. glibc's malloc hands blocks above its mmap threshold back to the
 kernel, and trims the top of the heap once more than its trim threshold is
 free; the next step's allocation then page-faults, and the kernel zeroes
-every page again. Its dynamic thresholds settle for a float ResNet-20, but
-the 1W/1A form saves more tensors for its backward (the inputs of every sign,
-for EDE) and its heap swings past them: up to ~20,000 minor page faults
-(80 MB of zeroed pages) per step with the teacher and data path, none for
-the float model (docs/benchmarks.md). That is time only the binary model
-pays, so it shows up in its throughput ratio to fp32.
+every page again. Its dynamic thresholds do not settle for a training step
+with a distillation teacher and the data path: 17,000-38,000 minor page
+faults (70-150 MB of zeroed pages) per ResNet-20 step, and about twice as
+many for the 1W/1A form, which saves more tensors for its backward (the
+inputs of every sign, for EDE), as for the float one. Measured in
+docs/benchmarks.md ("Page faults"): without them the 1W/1A trainer ran
+9-14% faster on a 2-core AVX2 EPYC.
 
 :func:`retain_freed_memory` fixes both thresholds at 1 GiB: freed blocks
 stay in the process and are reused, and the resident size stays at the
-run's peak (which it reaches every step anyway). :func:`release_freed_memory`
+run's peak (6-10% above glibc's own peak in the same measurement).
+:func:`release_freed_memory`
 hands the free memory back when a run ends. Both are no-ops off glibc
 (macOS, Windows, musl), whose allocators behave differently.
 """
@@ -31,7 +33,8 @@ __all__ = ["release_freed_memory", "retain_freed_memory"]
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 RETAIN_BYTES = 1 << 30
-# glibc before 2.26 refused mmap thresholds above HEAP_MAX_SIZE / 2 (32 MiB)
+# Some glibc versions refuse mmap thresholds above HEAP_MAX_SIZE / 2 (32 MiB
+# on 64-bit); then the largest they take.
 FALLBACK_MMAP_BYTES = 32 << 20
 
 
