@@ -147,10 +147,9 @@ def variant_recipe(name: str, epochs: int, extra: dict[str, Any]) -> Any:
                       "compile": True, "channels_last": True, "device": "cpu"})
     overrides.update(extra)
     stages = overrides.pop("stages", None)
-    recipe = apply_overrides(load_recipe(BASE), overrides)
-    if "distill" in overrides and overrides["distill"] is None:
-        # apply_overrides ignores None (an unset option): switch distillation off here
-        recipe = type(recipe).from_dict({**recipe.to_dict(), "distill": None})
+    # as given: distill None switches distillation off, and the budget of images
+    # seen is fixed (no time budget: every variant trains its epochs)
+    recipe = apply_overrides(load_recipe(BASE), {}, {"budget_minutes": None, **overrides})
     if stages == "half":
         first = max(epochs // 2, 1)
         recipe = type(recipe).from_dict({**recipe.to_dict(), "stages": [

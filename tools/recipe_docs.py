@@ -190,8 +190,9 @@ The shipped recipes live in `recipes/` (`irconvert/recipes/` in the package):
 `--set key=value` overrides any field from the command line by its dotted
 name (`--set optimizer.lr=2e-3 --set data.flip=false`), after the recipe is
 read. The value is parsed as YAML, as in a recipe file, so
-`--set 'data.color_jitter=[0.4, 0.4, 0.4, 0.1]'` is a list; a field of one
-stage is changed by giving the whole `stages` list. An unknown field or a bad
+`--set 'data.color_jitter=[0.4, 0.4, 0.4, 0.1]'` is a list and `--set
+distill=null` turns distillation off; a field of one stage is changed by
+giving the whole `stages` list. An unknown field or a bad
 value is one line that names the field:
 
 ```text

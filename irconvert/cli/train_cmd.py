@@ -58,7 +58,9 @@ def render_summary(result: Any, quiet: bool) -> None:
         ("fp32 size", human_bytes(report["fp32_bytes"])),
         ("size after packing", f"{human_bytes(report['packed_bytes'])} "
                                f"({report['compression']:.1f}x smaller)"),
-        ("epochs", _epochs_by_stage(result.history, result.epochs)),
+        ("epochs", _epochs_by_stage(result.history, result.epochs) + (
+            f" (of {result.epochs_ceiling}: what fit the time budget)"
+            if getattr(result, "epochs_ceiling", None) else "")),
         *([("unreadable images skipped", f"{len(result.skipped)} (named in the log)")]
           if getattr(result, "skipped", None) else []),
         ("wall time", f"{result.wall_time:.1f} s"),
@@ -139,9 +141,14 @@ def binarize(
     pretrained: Pretrained = False,
     trust_pickle: TrustPickle = False,
     epochs: Annotated[int | None, typer.Option(
-        "--epochs", min=0, help="Override epochs. 0: post-training only (re-estimate "
-        "BatchNorm on --data, evaluate, write model.pt; no fine-tuning).")] = None,
+        "--epochs", min=0, help="Override epochs (the ceiling, when the recipe has a "
+        "budget_minutes). 0: post-training only (re-estimate BatchNorm on --data, evaluate, "
+        "write model.pt; no fine-tuning).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Override steps.")] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", min=0.1, help="Override budget_minutes: keep the epochs that fit in "
+        "this many minutes (timed before the first step, checked after every epoch); epochs "
+        "becomes a ceiling. --set budget_minutes=null: no budget.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Override optimizer.lr.")] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", help="Override batch_size (per process).")] = None,
@@ -156,7 +163,8 @@ def binarize(
         "--amp", help="Override amp: none, bf16, fp16 (CUDA only).")] = None,
     sets: Annotated[list[str] | None, typer.Option(
         "--set", help="Override any recipe field: --set distill.alpha=0.5 --set "
-        "optimizer.lr=2e-3 (values parsed as YAML, as in a recipe). Repeatable.")] = None,
+        "optimizer.lr=2e-3 (values parsed as YAML, as in a recipe; --set distill=null turns "
+        "distillation off). Repeatable.")] = None,
     replace_classifier: Annotated[bool, typer.Option(
         "--replace-classifier", help="Train a new classifier when the model's class count "
         "differs from the data's.")] = False,
@@ -196,10 +204,11 @@ def binarize(
 
     # epochs stays out until the route is decided: 0 selects post-training
     # (it is not a valid recipe value).
-    overrides = {"steps": steps, "optimizer.lr": lr, "batch_size": batch_size,
-                 "binarize.act_bits": act_bits, "device": device, "seed": seed,
-                 "workers": workers, "amp": amp,
-                 "data.bad_files": "skip" if skip_bad_images else None, **_parse_sets(sets)}
+    overrides = {"steps": steps, "budget_minutes": budget, "optimizer.lr": lr,
+                 "batch_size": batch_size, "binarize.act_bits": act_bits, "device": device,
+                 "seed": seed, "workers": workers, "amp": amp,
+                 "data.bad_files": "skip" if skip_bad_images else None}
+    set_values = _parse_sets(sets)  # taken as given: --set distill=null means null
     run_dir_given = is_run_dir(model)
     if run_dir_given and not resume:
         raise typer.BadParameter(f"{model} is a run directory; add --resume to continue it",
@@ -227,7 +236,7 @@ def binarize(
     with user_errors():
         if run_dir_given:
             base = load_recipe(recipe or Path(model) / CONFIG)
-            config = apply_overrides(base, {**overrides, "epochs": epochs})
+            config = apply_overrides(base, {**overrides, "epochs": epochs}, set_values)
             _run_training(lambda: resume_run(model, overrides=config, quiet=quiet), quiet)
             return
         model, load, base = _original_of(model, load)
@@ -235,7 +244,7 @@ def binarize(
             base = load_recipe(recipe)
         elif base is None:
             base = _default_recipe(model, load, act_bits, announce=not post_training)
-        config = apply_overrides(base or TrainConfig(), overrides)
+        config = apply_overrides(base or TrainConfig(), overrides, set_values)
         if post_training and not dry_run:
             from irconvert.cli._posttrain import run_post_training
 

@@ -184,6 +184,13 @@ class TrainConfig(Section):
     Args:
         epochs: training length in epochs (or give ``steps``).
         steps: training length in optimizer steps (wins over ``epochs``).
+        budget_minutes: fit the run in this many minutes of wall time:
+            ``epochs`` becomes a ceiling, lowered to what fits by timing a
+            few steps before the first one, and again after any epoch that
+            says the run would overrun; the schedules span the length kept
+            (see ``irconvert.train.budget``). Counted from the start of
+            training (data loading, calibration and compilation included).
+            ``steps`` wins over it, as over ``epochs``.
         batch_size: images per step per process.
         optimizer: the optimizer.
         schedule: the learning-rate schedule.
@@ -215,6 +222,7 @@ class TrainConfig(Section):
 
     epochs: int = positive(default=10)
     steps: int | None = positive(default=None)
+    budget_minutes: float | None = positive(default=None)
     batch_size: int = positive(default=128)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -10,6 +10,7 @@ __all__ = ["NullProgress", "PlainProgress", "Progress", "RichProgress", "make_pr
 
 class Progress(Protocol):
     def start(self, epochs: int, first_epoch: int) -> None: ...
+    def set_total(self, epochs: int) -> None: ...
     def epoch_start(self, epoch: int, steps: int, done: int) -> None: ...
     def step(self, loss: float, acc: float, images_per_s: float) -> None: ...
     def epoch_end(self, row: dict[str, Any]) -> None: ...
@@ -22,6 +23,9 @@ class NullProgress:
 
     def start(self, epochs: int, first_epoch: int) -> None:
         pass
+
+    def set_total(self, epochs: int) -> None:
+        """The run's length changed (a time budget decided it)."""
 
     def epoch_start(self, epoch: int, steps: int, done: int) -> None:
         pass
@@ -60,6 +64,9 @@ class PlainProgress(NullProgress):
     def start(self, epochs: int, first_epoch: int) -> None:
         self.epochs = epochs
 
+    def set_total(self, epochs: int) -> None:
+        self.epochs = epochs
+
     def epoch_end(self, row: dict[str, Any]) -> None:
         self.log(_epoch_line(row, self.epochs))
 
@@ -96,6 +103,11 @@ class RichProgress(PlainProgress):
         self.bars.start()
         self.epoch_task = self.bars.add_task("epochs", total=epochs, completed=first_epoch,
                                              info="")
+
+    def set_total(self, epochs: int) -> None:
+        self.epochs = epochs
+        if self.epoch_task is not None:
+            self.bars.update(self.epoch_task, total=epochs)
 
     def epoch_start(self, epoch: int, steps: int, done: int) -> None:
         if self.step_task is not None:

@@ -102,15 +102,17 @@ def save_recipe(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any],
+                    sets: dict[str, Any] | None = None) -> TrainConfig:
     """A copy of ``config`` with dotted fields replaced (``{"optimizer.lr": 0.01}``).
 
-    ``None`` values are ignored, so unset command-line options change nothing.
+    ``None`` values in ``overrides`` are ignored, so unset command-line
+    options change nothing; ``sets`` (``--set KEY=VALUE``), applied after
+    them, are taken as given, so ``{"distill": None}`` turns distillation off.
     """
     data = config.to_dict()
-    for key, value in overrides.items():
-        if value is None:
-            continue
+    given = [(k, v) for k, v in overrides.items() if v is not None]
+    for key, value in [*given, *(sets or {}).items()]:
         node = data
         *parents, leaf = key.split(".")
         for part in parents:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import signal
@@ -50,6 +51,15 @@ from irconvert.errors import ConfigError, DataError, IRConvertError, LoadError
 from irconvert.functional import ede_schedule
 from irconvert.models.heads import model_channels, model_outputs, replace_classifier_
 from irconvert.nn import set_binarization, set_ede
+from irconvert.train.budget import (
+    PROBE_EVAL_BATCHES,
+    PROBE_STEPS,
+    epoch_seconds,
+    fit_epochs,
+    projected_seconds,
+    scale_stages,
+    timed_batches,
+)
 from irconvert.train.distributed import all_reduce_sum, cleanup, init_distributed
 from irconvert.train.evaluate import EvalResult, _autocast, evaluate
 from irconvert.train.memory import release_freed_memory, retain_freed_memory
@@ -103,6 +113,8 @@ class FitResult:
     start: dict[str, float] = field(default_factory=dict)
     # image files found unreadable and left out (data.bad_files: skip)
     skipped: list[str] = field(default_factory=list)
+    # the recipe's epochs when a time budget lowered them (else None)
+    epochs_ceiling: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,6 +186,7 @@ class Trainer:
                  replace_classifier: bool = False, progress: Progress | None = None,
                  quiet: bool = False, on_step: Callable[[Trainer], None] | None = None,
                  evaluate_fp: bool = True, evaluate_start: bool = False) -> None:
+        self.clock0 = time.perf_counter()  # a time budget counts from here
         self.recipe, self.data, self.out_dir = recipe, data, Path(out_dir)
         self.arch, self.source, self.run_info = arch, source or {}, run_info or {}
         self.on_step = on_step
@@ -262,6 +275,16 @@ class Trainer:
             self.stage_starts.append(self.stage_starts[-1] + st.epochs)
         self.stage_index = -1  # no stage entered yet
         self._enter_stage(0, fresh=True, transition=False)
+        # budget_minutes: fitted before the first step, checked after every
+        # epoch (see train/budget.py)
+        self.epochs_ceiling = self.epochs
+        # (a run of one epoch per stage has nothing to shorten)
+        self.budget_pending = (recipe.budget_minutes is not None and recipe.steps is None
+                               and self.epochs > len(self.stages))
+        self.budget_decision: dict[str, Any] | None = None
+        self.elapsed_before = 0.0  # wall time of earlier processes of a resumed run
+        self._epoch_secs: list[tuple[float, int]] = []  # (training loop wall, steps)
+        self._eval_secs: list[float] = []
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp == "fp16")
         self.epoch = 0
         self.step_in_epoch = 0
@@ -367,6 +390,134 @@ class Trainer:
             self.optimizer, lr_factor_fn(stage.schedule, stage.optimizer.lr,
                                          self._stage_steps(i), self.steps_per_epoch))
 
+    # -- time budget --------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Wall time of the run so far, earlier processes of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.clock0
+
+    def _fit_budget(self) -> None:
+        """Before the first step: time a few steps and evaluation batches, then
+        keep the epochs that fit ``budget_minutes``.
+
+        The probe's steps are undone (weights, BatchNorm statistics, random
+        state; the optimizer and schedule start afresh), so the run is the
+        one ``--epochs N`` would give; only its compilation is kept.
+        """
+        assert self.recipe.budget_minutes is not None
+        weights = copy.deepcopy(self.model.state_dict())
+        rng, scaler = get_rng_state(), copy.deepcopy(self.scaler.state_dict())
+        self._update_ede()
+        self._set_epoch(0, 0)
+        self.forward_model.train()
+        loop_s, step_s = timed_batches(self.train_loader, PROBE_STEPS,
+                                       lambda x, y: self._step(x, y))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.load_state_dict(weights)
+        self.scaler.load_state_dict(scaler)
+        set_rng_state(rng)
+        eval_s = self._eval_seconds()
+        set_rng_state(rng)
+        fit = fit_epochs(budget_s=self.recipe.budget_minutes * 60.0,
+                         elapsed_s=self.elapsed_s(), done=0, ceiling=self.epochs,
+                         epoch_s=epoch_seconds(loop_s, step_s, self.steps_per_epoch),
+                         eval_s=eval_s, eval_every=self.recipe.eval_every,
+                         minimum=len(self.stages))
+        epochs = fit.epochs
+        if self.env.distributed:  # rank 0's clock decides for all
+            epochs = int(all_reduce_sum([float(epochs if self.env.is_main else 0)],
+                                        self.device, self.env)[0])
+        lengths = [st.epochs for st in self.stages]
+        if len(self.stages) > 1:
+            lengths = scale_stages(lengths, epochs, done=0)
+        self._apply_budget({"epochs": epochs, "ceiling": self.epochs, "stages": lengths,
+                            "epoch_s": fit.epoch_s, "eval_s": fit.eval_s, "changes": []})
+        self.progress.log(dataclasses.replace(fit, epochs=epochs).describe(
+            self.recipe.budget_minutes))
+
+    def _keep_to_budget(self) -> None:
+        """After an epoch: fit the run to ``budget_minutes`` again, from the
+        epochs so far (a shared host's speed drifts, and the probe is short).
+
+        In the first fifth of the run a one-stage run is fitted both ways,
+        while the schedules have barely moved; later it is only shortened,
+        and only when it would end past the budget.
+        """
+        decision, minutes = self.budget_decision, self.recipe.budget_minutes
+        if decision is None or minutes is None or not self._epoch_secs:
+            return
+        steps = sum(n for _, n in self._epoch_secs)
+        epoch_s = sum(t for t, _ in self._epoch_secs) / max(steps, 1) * self.steps_per_epoch
+        eval_s = (sum(self._eval_secs) / len(self._eval_secs) if self._eval_secs
+                  else float(decision["eval_s"]))
+        done, elapsed = self.epoch + 1, self.elapsed_s()
+        every = self.recipe.eval_every
+        early = len(self.stages) == 1 and done <= max(1, round(0.2 * self.epochs))
+        if not early and projected_seconds(
+                elapsed_s=elapsed, done=done, epochs=self.epochs, epoch_s=epoch_s, eval_s=eval_s,
+                eval_every=every) <= minutes * 60.0:
+            return
+        fit = fit_epochs(budget_s=minutes * 60.0, elapsed_s=elapsed, done=done,
+                         ceiling=int(decision["ceiling"]) if early else self.epochs,
+                         epoch_s=epoch_s, eval_s=eval_s, eval_every=every,
+                         minimum=len(self.stages))
+        epochs = fit.epochs
+        if self.env.distributed:  # rank 0's clock decides for all
+            epochs = int(all_reduce_sum([float(epochs if self.env.is_main else 0)],
+                                        self.device, self.env)[0])
+        if epochs == self.epochs:
+            return
+        lengths = [st.epochs for st in self.stages]
+        if len(self.stages) > 1:
+            lengths = scale_stages(lengths, epochs, done=done)
+        old = self.epochs
+        changes = [*decision["changes"], {"after_epoch": done, "epochs": epochs}]
+        self._apply_budget({**decision, "epochs": epochs, "stages": lengths,
+                            "changes": changes}, mid_run=True)
+        how = "lengthened" if epochs > old else "shortened"
+        self.progress.log(f"time budget {minutes:g} min: epochs take {epoch_s:.0f} s here, not "
+                          f"the {float(decision['epoch_s']):.0f} s timed at the start; "
+                          f"{old} -> {epochs} epochs, the schedules {how} from epoch "
+                          f"{done + 1}")
+
+    def _eval_seconds(self) -> float:
+        """An evaluation's wall time, from its first batches."""
+        self.model.eval()
+        with torch.no_grad(), _autocast(self.device, self.use_amp):
+            def forward(inputs: Tensor, targets: Tensor) -> None:
+                inputs = inputs.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                self.model(inputs)
+
+            loop_s, step_s = timed_batches(self.val_loader, PROBE_EVAL_BATCHES, forward)
+        return epoch_seconds(loop_s, step_s, len(self.val_loader))
+
+    def _apply_budget(self, decided: dict[str, Any], *, mid_run: bool = False) -> None:
+        """Make the run ``decided["epochs"]`` long; ``mid_run``: keep the
+        optimizer and put the current step on the shortened schedule."""
+        self.budget_pending = False
+        self.budget_decision = dict(decided)
+        self.epochs = int(decided["epochs"])
+        self.total_steps = self.epochs * self.steps_per_epoch
+        if len(self.stages) > 1:
+            self.stages = tuple(dataclasses.replace(st, epochs=int(n))
+                                for st, n in zip(self.stages, decided["stages"], strict=True))
+            self.stage_starts = [0]
+            for st in self.stages[:-1]:
+                self.stage_starts.append(self.stage_starts[-1] + st.epochs)
+        self.progress.set_total(self.epochs)
+        if not mid_run:  # before the first step: a fresh optimizer and schedule
+            self._enter_stage(self.stage_of(self.epoch), fresh=True, transition=False)
+            return
+        stage = self.stages[self.stage_index]
+        assert stage.schedule is not None and stage.optimizer is not None
+        factor = lr_factor_fn(stage.schedule, stage.optimizer.lr,
+                              self._stage_steps(self.stage_index), self.steps_per_epoch)
+        groups = self.optimizer.param_groups
+        self.scheduler.lr_lambdas = [factor] * len(groups)
+        for group, base in zip(groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+
     # -- EDE and state ----------------------------------------------------------
     def _ede_progress(self) -> tuple[float, float, Any]:
         """(position, length, EDE config) of the current EDE schedule.
@@ -418,6 +569,7 @@ class Trainer:
                                                          "std": list(self.std)},
             classes=list(self.data.classes), stage=self.stage_index,
             thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
+            budget=self.budget_decision, elapsed_s=self.elapsed_s(),
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -441,6 +593,19 @@ class Trainer:
             raise LoadError(f"{self.out_dir / 'last.pt'} does not fit the model: {detail}; "
                             "was the run's config.yaml edited?") from None
         self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        decided = ckpt.get("budget")
+        if self.budget_pending:  # decided at the run's start, or never
+            self.budget_pending = False
+            if decided and int(decided["ceiling"]) == self.epochs:
+                self._apply_budget(decided)  # the decision stands: the resume is exact
+            elif decided:
+                self.progress.log(f"note: epochs changed from {decided['ceiling']} to "
+                                  f"{self.epochs}; the time budget's {decided['epochs']} "
+                                  "epochs no longer apply")
+            else:
+                self.progress.log("note: budget_minutes applies from a run's start; this "
+                                  f"resumed run keeps its {self.epochs} epochs")
         self._thresholds_set = bool(ckpt.get("thresholds_set", True))
         saved_stage = int(ckpt.get("stage", 0))
         current = self.stage_of(self.epoch)
@@ -552,6 +717,27 @@ class Trainer:
             for p in self.model.parameters():
                 dist.broadcast(p.data, 0)
 
+    def _step(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One optimizer step; returns the loss, the logits and the targets on the device."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device, self.use_amp):
+            logits = self.forward_model(inputs)
+            loss = self._loss(inputs, logits, targets)
+        if not torch.isfinite(loss.detach()):
+            self._diverged(float(loss.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.recipe.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, logits, targets
+
     def _train_epoch(self) -> dict[str, Any]:
         r = self.recipe
         self.forward_model.train()
@@ -568,24 +754,8 @@ class Trainer:
             t0 = time.perf_counter()
             if r.ede.per == "step":
                 t, k = self._update_ede()
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            if self.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
             lr = self.optimizer.param_groups[0]["lr"]
-            with _autocast(self.device, self.use_amp):
-                logits = self.forward_model(inputs)
-                loss = self._loss(inputs, logits, targets)
-            if not torch.isfinite(loss.detach()):
-                self._diverged(float(loss.detach()))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if r.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            loss, logits, targets = self._step(inputs, targets)
             self.global_step += 1
             self.step_in_epoch += 1
             c1, c5 = correct_topk(logits.detach().float(), targets)
@@ -669,18 +839,30 @@ class Trainer:
                 self.start_top1["calibrated"] = self._quick_eval().top1
                 self.progress.log("top-1 before training: {converted:.2f}% as converted, "
                                   "{calibrated:.2f}% after calibration".format(**self.start_top1))
+            if self.budget_pending:
+                self._fit_budget()
         self.progress.start(self.epochs, self.epoch)
+        # a resumed process compiles in its first epoch: not an epoch's cost
+        time_next_epoch = resume is None or not self.compile
         try:
             with _stop_signals(self):
                 while self.epoch < self.epochs and self.global_step < self.total_steps:
                     stage = self.stage_of(self.epoch)
                     if stage != self.stage_index:
                         self._enter_stage(stage, fresh=True, transition=True)
+                    loop_start, step_before = time.perf_counter(), self.global_step
                     row = self._train_epoch()
+                    if time_next_epoch:
+                        self._epoch_secs.append((time.perf_counter() - loop_start,
+                                                 self.global_step - step_before))
+                    time_next_epoch = True
+                    self._keep_to_budget()  # first: it may make this epoch the last
                     last = (self.epoch + 1 >= self.epochs
                             or self.global_step >= self.total_steps)
                     if (self.epoch + 1) % self.recipe.eval_every == 0 or last:
+                        eval_start = time.perf_counter()
                         ev = self._quick_eval()
+                        self._eval_secs.append(time.perf_counter() - eval_start)
                         row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
                     else:
                         row.update(val_loss=None, val_top1=None, val_top5=None)
@@ -719,6 +901,7 @@ class Trainer:
             best_top1=self.best_top1, final=final, report=self.report.to_dict(),
             wall_time=time.perf_counter() - start, epochs=self.epochs, history=self.history,
             start=dict(self.start_top1), skipped=list(self.skipped),
+            epochs_ceiling=(self.epochs_ceiling if self.epochs < self.epochs_ceiling else None),
         )
 
 

@@ -87,6 +87,12 @@ def test_dry_run_writes_nothing(setup: dict[str, Path]) -> None:
     assert not out.exists()
 
 
+def test_budget_option_sets_the_recipe_field(setup: dict[str, Path]) -> None:
+    result = _binarize(setup, setup["base"] / "dry", "--dry-run", "--budget", "45")
+    assert result.exit_code == 0, result.output
+    assert "budget_minutes: 45.0" in result.output
+
+
 def test_dry_run_needs_no_out(setup: dict[str, Path]) -> None:
     result = runner.invoke(app, ["binarize", str(setup["model"]), "--arch", "digits_cnn",
                                  "--data", f"imagefolder:{setup['data']}", "--recipe",

@@ -79,6 +79,8 @@ def test_paper_settings() -> None:
     ({"distill": {"alpha": 1.5}}, "field 'distill.alpha' must be a number in [0, 1], got 1.5"),
     ({"amp": "fp8"}, "field 'amp' must be one of none, bf16, fp16, got 'fp8'"),
     ({"cpu_memory": "keep"}, "field 'cpu_memory' must be one of retain, release, got 'keep'"),
+    ({"budget_minutes": 0}, "field 'budget_minutes' must be a positive number, got 0"),
+    ({"budget_minutes": "1h"}, "field 'budget_minutes' must be a positive number, got '1h'"),
 ])
 def test_bad_fields_are_one_line_errors(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -118,6 +120,10 @@ def test_overrides() -> None:
     assert new.distill is not None and new.distill.alpha == 0.2
     with pytest.raises(ConfigError, match=r"override: field .optimizer\.lr."):
         apply_overrides(base, {"optimizer.lr": 0})
+    # --set KEY=null means null: distillation and a time budget can be switched off
+    with_kd = apply_overrides(base, {"distill.alpha": 0.5, "budget_minutes": 9.0})
+    off = apply_overrides(with_kd, {"seed": None}, {"distill": None, "budget_minutes": None})
+    assert (off.distill, off.budget_minutes, off.seed) == (None, None, 0)
 
 
 def test_dataclasses_validate_on_creation() -> None:
