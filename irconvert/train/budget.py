@@ -10,11 +10,12 @@ EDE's ``t`` near ``t_max``), so a shorter schedule beats the long one cut
 off when time runs out.
 
 A shared host's speed drifts by tens of percent from one minute to the
-next, so the trainer also checks after every epoch: when the epochs so far
-say the run would end past its budget, it shortens the schedules again from
-there (never lengthens them). Decisions are saved in ``last.pt`` and reused
-by ``--resume``. A run that never needed the check is exactly the one
-``--epochs N`` gives with the N decided.
+next, so the trainer fits again after every epoch, from the epochs so far:
+both ways in the first fifth of a one-stage run (the schedules have barely
+moved), later only shorter, and only when the run would end past its
+budget. Decisions are saved in ``last.pt`` and reused by ``--resume``. A
+run never re-fitted is exactly the one ``--epochs N`` gives with the N
+decided.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ __all__ = ["PROBE_EVAL_BATCHES", "PROBE_STEPS", "BudgetFit", "epoch_seconds", "f
            "projected_seconds", "scale_stages", "timed_batches"]
 
 # Steps and evaluation batches timed before the first epoch: enough for a
-# steady median after compilation, a few seconds to a minute of a run.
+# steady median after compilation, seconds to a minute of the budget.
 PROBE_STEPS = 32
 PROBE_EVAL_BATCHES = 8
 

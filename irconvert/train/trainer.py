@@ -449,8 +449,10 @@ class Trainer:
         epoch_s = sum(t for t, _ in self._epoch_secs) / max(steps, 1) * self.steps_per_epoch
         eval_s = (sum(self._eval_secs) / len(self._eval_secs) if self._eval_secs
                   else float(decision["eval_s"]))
-        done, elapsed = self.epoch + 1, self.elapsed_s()
         every = self.recipe.eval_every
+        done = self.epoch + 1
+        # this epoch's own evaluation is still to come
+        elapsed = self.elapsed_s() + (eval_s if done % every == 0 else 0.0)
         early = len(self.stages) == 1 and done <= max(1, round(0.2 * self.epochs))
         if not early and projected_seconds(
                 elapsed_s=elapsed, done=done, epochs=self.epochs, epoch_s=epoch_s, eval_s=eval_s,
