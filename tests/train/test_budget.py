@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +57,7 @@ def test_scale_stages(lengths: list[int], total: int, done: int, expected: list[
     assert scale_stages(lengths, total, done) == expected
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise comparisons need one thread count throughout
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fake_probe(loop_s: float, step_s: list[float], batches: int) -> float:
