@@ -3,7 +3,8 @@
 Runs the product itself -- ``irconvert.train.binarize_and_train`` with a
 shipped recipe, exactly what ``irconvert binarize`` does -- and reports top-1
 on the 10,000 test images with the recipe, the training length, wall time
-and machine. Full protocol: the recipe as shipped (a GPU job). Reduced CPU
+and machine. Full protocol: the recipe as shipped (as many epochs as fit
+its ``budget_minutes`` on this machine, up to its ``epochs``). Reduced
 protocol: ``--steps N`` (the schedule then spans N steps), stated in the result.
 
     python benchmarks/cifar10_accuracy.py --mode 1w32a --steps 800 \\
@@ -56,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe_path = args.recipe or RECIPES[args.mode]
     overrides: dict[str, Any] = {"epochs": args.epochs, "steps": args.steps,
                                  "device": args.device, "data.gpu_cache": True, "workers": 0}
-    for item in args.sets:
-        key, _, raw = item.partition("=")
-        overrides[key] = json.loads(raw)
-    recipe = apply_overrides(load_recipe(recipe_path), overrides)
+    sets = {key: json.loads(raw) for key, _, raw in (s.partition("=") for s in args.sets)}
+    recipe = apply_overrides(load_recipe(recipe_path), overrides, sets)
     run_dir = args.run_dir / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     result = binarize_and_train(args.weights, f"imagefolder:{args.data}", recipe, run_dir,
@@ -69,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     row = {
         "mode": args.mode, "recipe": str(recipe_path.relative_to(REPO) if recipe_path.is_absolute()
                                          and REPO in recipe_path.parents else recipe_path),
-        "overrides": {k: v for k, v in overrides.items() if v is not None},
+        "overrides": {k: v for k, v in overrides.items() if v is not None} | sets,
         "protocol": "full recipe" if args.steps is None and args.epochs is None else "reduced",
-        "epochs": result.epochs, "steps": recipe.steps,
+        "epochs": result.epochs, "steps": recipe.steps, "budget_minutes": recipe.budget_minutes,
+        "epochs_ceiling": recipe.epochs,
         "batch_size": recipe.batch_size,
         "fp_top1": result.fp_top1, "converted_top1": result.start.get("converted"),
         "calibrated_top1": result.start.get("calibrated"), "best_top1": result.best_top1,
