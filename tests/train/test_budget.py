@@ -6,6 +6,7 @@ import io
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -151,3 +152,22 @@ def test_a_run_faster_than_timed_is_lengthened_early(
     assert "3 of 10 epochs fit" in log.getvalue()
     assert "3 -> 10 epochs, the schedules lengthened from epoch 2" in log.getvalue()
     assert result.epochs == 10 and result.epochs_ceiling is None
+
+
+def test_the_check_after_an_epoch_counts_its_evaluation_still_to_come() -> None:
+    # 10 min; 5 epochs decided; 2 done at 100 s each, 200 s on the clock, and
+    # epoch 2 still owes its evaluation (every 2nd, 50 s). Without it the run
+    # would end at 200 + 3 x 100 + 2 x 50 = 600 s, just in time; with it at
+    # 650 s, so it keeps 4: 250 + 200 + 50 = 500 <= 250 + 0.95 x 350.
+    applied: list[dict[str, Any]] = []
+    trainer = SimpleNamespace(
+        budget_decision={"epochs": 5, "ceiling": 400, "stages": [5], "epoch_s": 100.0,
+                         "eval_s": 50.0, "changes": []},
+        recipe=SimpleNamespace(budget_minutes=10.0, eval_every=2),
+        _epoch_secs=[(100.0, 10), (100.0, 10)], steps_per_epoch=10, _eval_secs=[],
+        epoch=1, epochs=5, elapsed_s=lambda: 200.0, stages=[SimpleNamespace(epochs=5)],
+        env=SimpleNamespace(distributed=False), progress=SimpleNamespace(log=lambda line: None),
+        _apply_budget=lambda decided, mid_run: applied.append(decided))
+    Trainer._keep_to_budget(trainer)  # type: ignore[arg-type]
+    assert [d["epochs"] for d in applied] == [4]
+    assert applied[0]["changes"] == [{"after_epoch": 2, "epochs": 4}]
