@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +71,8 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models: extra threads only contend on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: extra threads only contend on a busy 2-core box.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RESUME_RECIPE = {"epochs": 2, "ede": {"t_min": 0.1, "t_max": 10.0, "per": "step"}}
