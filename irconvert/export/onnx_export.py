@@ -46,6 +46,7 @@ from irconvert.errors import ExportError, MissingDependencyError
 from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import FrozenBinaryLayer, binary_layers, freeze
 from irconvert.export.meta import ONNX_KEY, check_metadata, encode_metadata
+from irconvert.export.sign_names import binary_call_order, name_signs
 
 __all__ = ["DEFAULT_OPSET", "OnnxExport", "example_input", "export_onnx", "to_onnx_bytes"]
 
@@ -163,6 +164,7 @@ def to_onnx_bytes(
     if got != opset:
         raise ExportError(f"the exporter produced opset {got}, not the requested {opset}; "
                           f"use --opset {got}")
+    name_signs(proto, binary_call_order(frozen, x))
     for node in proto.graph.node:  # per-node stack traces: most of a small model's bytes
         del node.metadata_props[:]
         node.doc_string = ""

@@ -65,12 +65,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from irconvert.errors import ExportError, MissingDependencyError
 from irconvert.export.files import atomic_dir, atomic_file, check_output
@@ -85,6 +87,7 @@ from irconvert.export.openvino_int8 import (
     quantize_kept_layers,
     runtime_precisions,
 )
+from irconvert.export.sign_names import sign_layer
 
 __all__ = [
     "OpenVinoExport",
@@ -202,6 +205,31 @@ def _split_threshold(source: Any, channels: int) -> tuple[Any, np.ndarray | None
     return source, None
 
 
+def normal_thresholds(frozen: nn.Module) -> nn.Module:
+    """``frozen``, or a copy whose subnormal activation thresholds are made normal.
+
+    ``openvino.convert_model`` flushes subnormal constants to zero, and the
+    calibrated threshold of a ReLU channel whose median is 0 is the smallest
+    subnormal (``nextafter(0, inf)``: zeros go to -1, positives to +1). Read
+    as 0 it would send every zero to +1. For any input that is not itself
+    subnormal, ``x - b >= 0`` gives the same bits with ``b`` replaced by
+    ``FLT_MIN`` (``b > 0``) or by 0 (``b < 0``), which survive the conversion.
+    """
+    def subnormal(t: Tensor | None) -> bool:
+        return t is not None and bool(((t != 0) & (t.abs() < _TINY)).any())
+
+    if not any(subnormal(layer.act_threshold) for layer in binary_layers(frozen).values()):
+        return frozen
+    copy = deepcopy(frozen)
+    for layer in binary_layers(copy).values():
+        b = layer.act_threshold
+        if subnormal(b):
+            assert b is not None
+            tiny = (b != 0) & (b.abs() < _TINY)
+            b.copy_(torch.where(tiny, torch.where(b > 0, float(_TINY), 0.0), b))
+    return copy
+
+
 def fq_thresholds(b: np.ndarray) -> np.ndarray:
     """FakeQuantize thresholds ``t`` with ``(x > t) == (x - b >= 0)`` per channel.
 
@@ -247,7 +275,8 @@ def _replace_binary_convs(ov: Any, model: Any) -> tuple[int, dict[str, str]]:
     for conv in list(model.get_ordered_ops()):
         if conv.get_type_name() != "Convolution":
             continue
-        source = _sign_source(conv.input_value(0).get_node())
+        select = conv.input_value(0).get_node()
+        source = _sign_source(select)
         weights = const_value(conv.input_value(1).get_node())
         if source is None or weights is None or weights.shape[1] % 8:
             continue
@@ -266,6 +295,13 @@ def _replace_binary_convs(ov: Any, model: Any) -> tuple[int, dict[str, str]]:
                            else fq_thresholds(b).reshape(1, -1, 1, 1))
         fq = ops.fake_quantize(source, thr, thr, ops.constant(scalar),
                                ops.constant(scalar + 1), 2)
+        # the layer's name (irconvert.export.sign_names) for the parity check and
+        # profiles; OpenVINO merges the signs of layers that compute the same
+        # thing, so one FakeQuantize may carry several
+        signs = sorted(n for n in select.output(0).get_names() if sign_layer(n))
+        if signs:
+            fq.set_friendly_name(signs[0])
+            fq.output(0).add_names(set(signs))
         signs = np.where(weights >= 0, 1.0, -1.0).astype(np.float32)
         bconv = op1.binary_convolution(
             fq, ops.constant(_u1_filters(ov, signs)), attrs["strides"], attrs["pads_begin"],
@@ -303,7 +339,8 @@ def to_openvino_model(
     """
     ov = import_openvino()
     frozen = freeze(model) if not binary_layers(model) or _has_ir(model) else model
-    data, _ = to_onnx_bytes(frozen, opset=DEFAULT_OPSET, input_size=input_size)
+    data, _ = to_onnx_bytes(normal_thresholds(frozen), opset=DEFAULT_OPSET,
+                            input_size=input_size)
     with tempfile.TemporaryDirectory(prefix="irconvert-ov-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         onnx_path.write_bytes(data)
