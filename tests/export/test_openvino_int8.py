@@ -122,8 +122,10 @@ def test_kept_layers_run_int8_in_the_compiled_graph(exports: tuple) -> None:
     compiled = compile_openvino(int8.xml, 4)
     kernels = kept_kernels(compiled)
     assert len(kernels) == 3  # stem, downsample, classifier
+    # the runtime precision says int8; kernel names differ between CPUs
+    # (brgemm_avx512_I8, brgconv_avx512_amx_1x1_i8, jit_avx2_...): not checked
     for kind, precision, kernel in kernels.values():
-        assert precision in ("u8", "i8") and "I8" in kernel, (kind, precision, kernel)
+        assert precision in ("u8", "i8"), (kind, precision, kernel)
     # binary convolutions are untouched
     assert len(binary_conv_layers(compiled)) == 2 == int8.binary_convolutions
     assert len(binary_conv_layers(compile_openvino(fp32.xml, 4))) == 2
@@ -242,7 +244,9 @@ def test_int8_layers_do_not_saturate_on_cpus_without_vnni(kind: str) -> None:
     assert len(layers) == 1
     quantize_kept_layers(layers, [(0.0, 2.55)])  # 2.55 is u8 255
     model.validate_nodes_and_infer_types()
-    compiled = ov.Core().compile_model(model, "CPU")
+    # f32 for what is not int8: the default hint is bf16 on CPUs with AMX or
+    # AVX512_BF16, which rounds the 182.325 this test checks to 182.0
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert "u8" in {p for _, p, _ in kept_kernels(compiled).values()}  # really int8
     out = np.asarray(compiled(inputs)[0])
     assert np.allclose(out, 2.55 * w[0].sum(), rtol=1e-4), out.ravel()[:4]
