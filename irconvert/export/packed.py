@@ -33,7 +33,12 @@ blob order; ``"act_threshold": true`` on layers with a threshold), ``params``
 (JSON list of ``[state_dict key, shape]`` in blob order), ``bit_order``
 (``little``), ``irconvert_version``, and, when known, ``preprocessing``
 (JSON: the input normalisation, input size and eval resize/crop the model
-was trained with; see :mod:`irconvert.export.meta`).
+was trained with; see :mod:`irconvert.export.meta`), and ``sha256``: the
+digest of the header (tensor index and metadata, without this key, as
+compact sorted JSON) followed by every tensor byte. Loading checks it, so a
+flipped bit anywhere in the file is a one-line error naming the file, not a
+model that silently predicts something else; files written before the digest
+have none and load as before.
 
 Loading rebuilds the model by architecture name (``build_model`` +
 ``binarize_`` with the stored config, whose ``block_act`` brings back the
@@ -50,6 +55,7 @@ defaults (no thresholds, Hardtanh).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -88,6 +94,7 @@ __all__ = [
 ]
 
 FORMAT = "irconvert-packed"
+DIGEST_KEY = "sha256"
 FORMAT_VERSION = 2
 _PLAIN_VERSION = 1  # what a file without thresholds or RPReLU is written as
 # BinarizeConfig fields that version 1 files never hold, with their defaults.
@@ -152,6 +159,7 @@ class PackedInfo:
     tensors: list[TensorRow] = field(default_factory=list)
     size: PackedSize = field(default_factory=PackedSize)
     preprocessing: dict[str, Any] | None = None
+    sha256: str | None = None  # the stored digest (checked on load); None in older files
 
 
 def _tensors_and_meta(
@@ -273,8 +281,24 @@ def save_packed(
     _check_config(frozen, config)
     tensors, meta = _tensors_and_meta(frozen, arch, num_classes, config, preprocessing)
     with atomic_file(out) as tmp:
+        # the digest covers the tensor index, which safetensors makes: write,
+        # hash, write again with the digest (the tensor bytes stay the same)
         save_file(tensors, str(tmp), metadata=meta)
+        length, header = _read_header(tmp, verify=False)
+        with tmp.open("rb") as fh:
+            fh.seek(8 + length)
+            digest = payload_digest(header, fh.read())
+        save_file(tensors, str(tmp), metadata={**meta, DIGEST_KEY: digest})
     return describe_packed(out).size
+
+
+def payload_digest(header: dict[str, Any], data: bytes) -> str:
+    """sha256 of a ``.irc`` header (less its own digest) and its tensor bytes."""
+    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != DIGEST_KEY}
+    head = {**header, "__metadata__": meta}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+    h.update(data)
+    return h.hexdigest()
 
 
 def _has_ir(model: nn.Module) -> bool:
@@ -290,8 +314,8 @@ _MAX_HEADER = 100_000_000  # safetensors' own limit
 _AGAIN = "export it again, or copy it again if it was copied"
 
 
-def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    """The safetensors header of ``path``, checked against the file's size.
+def _read_header(path: Path, *, verify: bool = True) -> tuple[int, dict[str, Any]]:
+    """The safetensors header of ``path``, checked against the file's size and digest.
 
     Every way a file can be damaged (empty, cut short, not safetensors at all,
     a header whose tensors do not fit the bytes that follow it) is a one-line
@@ -325,6 +349,14 @@ def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
     if not isinstance(header, dict):
         raise LoadError(f"{path}: damaged .irc file (its header is not valid JSON); {_AGAIN}")
     _check_extents(path, header, size, 8 + length)
+    meta = header.get("__metadata__")
+    stored = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
+    if verify and stored is not None:
+        with path.open("rb") as fh:
+            fh.seek(8 + length)
+            if payload_digest(header, fh.read()) != stored:
+                raise LoadError(f"{path}: damaged .irc file (its sha256 digest does not match "
+                                f"its contents: bytes changed after it was written); {_AGAIN}")
     return length, header
 
 
@@ -400,7 +432,8 @@ def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
         info = PackedInfo(path=str(p), arch=meta["arch"], num_classes=int(meta["num_classes"]),
                           format_version=version,
                           binarize=_with_defaults(json.loads(meta["binarize"])),
-                          layers=layers, preprocessing=decode_metadata(meta.get(IRC_KEY), p))
+                          layers=layers, preprocessing=decode_metadata(meta.get(IRC_KEY), p),
+                          sha256=meta.get(DIGEST_KEY))
     except (KeyError, TypeError, ValueError) as exc:
         raise LoadError(f"{p}: damaged packed-model metadata ({exc})") from None
     _check_layers(p, layers, params)
