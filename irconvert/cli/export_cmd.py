@@ -58,6 +58,11 @@ def export(
     calib_images: Annotated[int, typer.Option(
         "--calib-images", min=1, help="How many images of --data calibrate the int8 "
         "activation ranges.")] = 256,
+    batch: Annotated[int | None, typer.Option(
+        "--batch", min=1, help="OpenVINO: write a static-shape IR for this batch size, which "
+        "plain OpenVINO compiles as it is (compile_model(read_model(xml), 'CPU')); without "
+        "it the batch axis is dynamic and the model must be reshaped before compiling.")
+    ] = None,
 ) -> None:
     """Write a trained binary model as a deployable file (packed .irc, ONNX or OpenVINO).
 
@@ -69,7 +74,7 @@ def export(
     with user_errors():
         summary = export_checkpoint(src, fmt.lower(), out, force=force, onnx_packed=onnx_packed,
                                     opset=opset, input_size=size, int8=int8, data=data,
-                                    calib_images=calib_images)
+                                    calib_images=calib_images, batch=batch)
     console.print(key_value_grid([
         ("wrote", escape(f"{summary.path} ({summary.format})")),
         ("size", f"{human_bytes(summary.bytes)} ({summary.bytes:,} bytes)"),
@@ -186,4 +191,6 @@ def render_packed(path: str) -> None:
     ]
     if pre.get("input_size"):
         rows.append(("input size", "x".join(map(str, pre["input_size"]))))
+    rows.append(("sha256", f"{info.sha256} (verified)" if info.sha256
+                 else "none (written before irconvert stored digests)"))
     console.print(key_value_grid(rows))

@@ -79,7 +79,7 @@ def export_checkpoint(
     src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
     onnx_packed: bool = False, opset: int | None = None,
     input_size: tuple[int, ...] | None = None, int8: bool | None = None,
-    data: str | None = None, calib_images: int = 256,
+    data: str | None = None, calib_images: int = 256, batch: int | None = None,
 ) -> ExportSummary:
     """Export the model in a trainer run checkpoint (``.pt`` or run directory) or ``.irc``.
 
@@ -98,6 +98,7 @@ def export_checkpoint(
         data: calibration data for int8 (``imagefolder:DIR``, ``cifar10:DIR``,
             ... as for ``irconvert eval``); its training split is used.
         calib_images: how many images of ``data`` calibrate the int8 ranges.
+        batch: OpenVINO only: a static batch size (None: a dynamic batch axis).
 
     Every format records the checkpoint's input preprocessing (normalisation,
     when the checkpoint has it; the input size; the eval resize/crop), so
@@ -122,6 +123,11 @@ def export_checkpoint(
     if int8 and data is None:
         raise ExportError("--int8 needs calibration images: pass --data (e.g. "
                           "imagefolder:DIR) and optionally --calib-images N")
+    if fmt != "openvino" and batch is not None:
+        raise ExportError("--batch applies to --format openvino only (ONNX keeps a dynamic "
+                          "batch axis that onnxruntime runs at any batch size)")
+    if batch is not None and batch < 1:
+        raise ExportError(f"--batch must be at least 1, not {batch}")
     if calib_images < 1:
         raise ExportError(f"--calib-images must be at least 1, not {calib_images}")
     use_int8 = data is not None and int8 is not False
@@ -179,7 +185,7 @@ def export_checkpoint(
            else "no calibration data (pass --data for int8), exact")
     ov = export_openvino(frozen, target, input_size=input_size, force=force, metadata=metadata,
                          calibration=calibration, calibration_source=source,
-                         int8_off_reason=off)
+                         int8_off_reason=off, batch=batch)
     notes = [f"float fallback: {name}: {why}" for name, why in ov.fallback.items()]
     counts = {p: sum(layer.precision == p for layer in ov.layers)
               for p in ("binary", "int8", "fp32")}
@@ -189,5 +195,7 @@ def export_checkpoint(
                "fp32 layers": str(counts["fp32"])}
     if ov.calibration:
         details["int8 calibration"] = ov.calibration
+    details["batch"] = (f"{batch} (static: plain OpenVINO compiles it as it is)" if batch
+                        else "dynamic (reshape to a batch size before compiling)")
     return ExportSummary("openvino", ov.xml, ov.bytes, n_binary, details, notes,
                          [(layer.name, layer.precision, layer.why) for layer in ov.layers])

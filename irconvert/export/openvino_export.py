@@ -400,7 +400,7 @@ def export_openvino(
     input_size: tuple[int, ...] | None = None, force: bool = False,
     metadata: dict[str, Any] | None = None, calibration: np.ndarray | None = None,
     calibration_source: str = "", int8_off_reason: str = "no calibration data (--data) given",
-    check: bool = True,
+    check: bool = True, batch: int | None = None,
 ) -> OpenVinoExport:
     """Write OpenVINO IR for a binarized model.
 
@@ -419,6 +419,10 @@ def export_openvino(
         check: before the files are renamed into place, run the written IR
             once (batch 1) in a child process: an engine crash on the graph
             is then an ``ExportError`` and nothing is written.
+        batch: a static batch size, so that plain OpenVINO
+            (``compile_model(read_model(xml), "CPU")``) compiles the IR as it
+            is: its ``BinaryConvolution`` kernel refuses dynamic shapes. None
+            keeps the batch axis dynamic (:func:`compile_openvino` reshapes).
 
     Raises:
         MissingDependencyError: openvino is not installed.
@@ -436,6 +440,9 @@ def export_openvino(
                               calibration_source=calibration_source,
                               int8_off_reason=int8_off_reason)
     ov_model = graph.model
+    if batch is not None:
+        dims = [batch] + [d.get_length() for d in list(ov_model.input(0).get_partial_shape())[1:]]
+        ov_model.reshape({ov_model.input(0).get_any_name(): dims})
     if preprocessing:
         ov_model.set_rt_info(encode_metadata(preprocessing), list(OPENVINO_PATH))
     if as_xml:
@@ -505,7 +512,8 @@ def compile_openvino(
     core = ov.Core()
     model = core.read_model(str(xml)) if isinstance(xml, (str, os.PathLike)) else xml.clone()
     shape = model.input(0).get_partial_shape()
-    if shape.rank.is_static and shape[0].is_dynamic:
+    # a dynamic batch axis, or a static IR (export --batch) run at another batch
+    if shape.rank.is_static and (shape[0].is_dynamic or shape[0].get_length() != batch):
         new = [batch] + [d.get_length() for d in list(shape)[1:]]
         model.reshape({model.input(0).get_any_name(): new})
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}

@@ -170,3 +170,26 @@ def test_irc_exports_to_openvino_with_parity(tmp_path: Path) -> None:
     out, binary = run(tmp_path / "ov" / "model.xml", x)
     assert len(binary) == 18
     assert_parity(load_packed(tmp_path / "m.irc"), out, x)
+
+
+@needs_ov
+def test_a_static_batch_ir_compiles_with_plain_openvino(tmp_path: Path) -> None:
+    import openvino as ov
+
+    model = TinyNet()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    randomize_bn(model)
+    model.eval()
+    res = export_openvino(model, tmp_path / "ov", batch=3)
+    core = ov.Core()
+    read = core.read_model(str(res.xml))
+    assert list(read.input(0).get_shape()) == [3, 3, 8, 8]
+    # what a user writes: no reshape; f32 so that the comparison is exact
+    compiled = core.compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert len(binary_conv_layers(compiled)) == 2
+    x = torch.randn(3, 3, 8, 8)
+    assert_parity(model, np.asarray(compiled(x.numpy())[0]), x)
+    core.compile_model(core.read_model(str(res.xml)), "CPU")  # the default hint compiles too
+    # irconvert's own predictor still runs it at any batch size
+    x5 = torch.randn(5, 3, 8, 8)
+    assert_parity(model, load_predictor(tmp_path / "ov")(x5.numpy()), x5)
