@@ -31,3 +31,19 @@ def machine(device: torch.device | None = None) -> str:
     if device is not None and device.type == "cuda":
         text = f"{torch.cuda.get_device_name(device)} (host: {text})"
     return text
+
+
+# The instructions that decide int8, bf16 and popcount speed, as /proc/cpuinfo names them.
+INFERENCE_FLAGS = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                   "avx512_vpopcntdq", "avx512f", "avx2")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`INFERENCE_FLAGS` this CPU has (empty where /proc/cpuinfo is missing)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return [f for f in INFERENCE_FLAGS if f in flags]

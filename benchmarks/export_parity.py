@@ -9,6 +9,10 @@ PyTorch, the number of images whose top-1 differs, top-1 accuracy, and the
 max |logit difference|. Binary networks are sensitive to rounding: a
 pre-activation that lands within float rounding of 0 can take the other sign
 in another engine; int8 moves the kept layers' outputs by more than rounding.
+For the fp32 exports, every image whose logits differ by more than 1e-4 (up
+to 64) goes through the layer-by-layer check
+(:func:`irconvert.export.parity.check_parity`), which accepts only sign flips
+within rounding of their threshold, replayed in PyTorch (``layer_check``).
 
 An ``.irc`` source is its own PyTorch reference (``load_packed`` runs the
 checkpoint's arithmetic exactly) and has no ``packed`` row.
@@ -81,6 +85,32 @@ def _export(source: str, fmt: str, path: Path, model: torch.nn.Module, meta: dic
               file=sys.stderr)
 
 
+# fp32 exports: every differing logit must be explained bit by bit
+LAYER_CHECKED = ("onnx", "onnx-packed", "openvino")
+LAYER_CHECK_MAX = 64
+
+
+def _layer_check(model: torch.nn.Module, path: Path, images: torch.Tensor, out: np.ndarray,
+                 ref: np.ndarray) -> dict[str, Any]:
+    """:func:`irconvert.export.parity.check_parity` on the images whose logits differ.
+
+    Each such image (up to ``LAYER_CHECK_MAX``) must differ only by sign flips
+    within rounding of their thresholds, replayed in PyTorch.
+    """
+    from irconvert.export.freeze import binary_layers, freeze
+    from irconvert.export.parity import check_parity
+    from irconvert.nn import IRLayer
+
+    suspects = np.flatnonzero(np.abs(out - ref).max(1) > 1e-4)[:LAYER_CHECK_MAX]
+    if not len(suspects):
+        return {"images": 0, "ok": True, "near_flips": 0, "failure": ""}
+    has_ir = any(isinstance(m, IRLayer) for m in model.modules())
+    frozen = freeze(model) if has_ir or not binary_layers(model) else model
+    report = check_parity(frozen, path, images[suspects].numpy())
+    return {"images": len(suspects), "ok": report.ok, "near_flips": report.near,
+            "failure": report.failure}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("checkpoint", help="run checkpoint (.pt), run directory or .irc file")
@@ -126,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 "max_abs_logit_diff": float(np.abs(out - ref).max()),
                 "images_within_1e-4": int((np.abs(out - ref).max(1) <= 1e-4).sum()),
             }
+            if fmt in LAYER_CHECKED:
+                rows[fmt]["layer_check"] = _layer_check(model, path, images, out, ref)
             print(f"{fmt}: {rows[fmt]} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
     if "openvino-int8" in rows:
         rows["openvino-int8"]["top1_minus_pytorch"] = (rows["openvino-int8"]["top1"]

@@ -6,12 +6,17 @@ default IR-Net config (stem, classifier and 1x1 downsample convolutions stay
 fp32; 1W/1A), exports it, and times on this CPU:
 
 - ``onnxruntime fp32``: the original float model in onnxruntime (default session);
+- ``openvino fp32``: the float model in OpenVINO, with the f32 precision hint
+  and with the plugin's default hint (bf16 on CPUs with AMX or AVX512_BF16);
+- ``openvino int8 (NNCF)``: the float model quantized by NNCF, OpenVINO's
+  post-training quantization (``pip install nncf``; 64 calibration images):
+  what a user who wants a fast CPU model picks instead of a binary one;
 - ``onnxruntime binary``: the binary ONNX (float convolutions of +-1 values);
-- ``openvino fp32``: the original float model in OpenVINO (reference point);
-- ``openvino binary``: the OpenVINO IR with BinaryConvolution kernels;
-- ``openvino binary + int8``: the same with the kept layers in int8
-  (calibrated on 64 random images: with random weights, real images would
-  not make the ranges any more meaningful, and speed does not depend on them);
+- ``openvino binary``: the OpenVINO IR with BinaryConvolution kernels, and
+  ``openvino binary + int8`` with the kept layers in int8 (calibrated on 64
+  random images: with random weights, real images would not make the ranges
+  any more meaningful, and speed does not depend on them), each with both
+  precision hints;
 
 at batch 1 and 32, with 1 thread and all threads, input 224x224, the engines
 taking turns (round robin) so that load changes hit them alike. Prints a
@@ -26,9 +31,10 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,10 @@ import irconvert
 from irconvert.atomic import write_text
 from irconvert.export import export_onnx, export_openvino, save_packed
 from irconvert.export.bench import BASELINE, BenchRow, compare, model_bytes
+from irconvert.export.runtime import Predictor, load_predictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_flags, machine
 
 
 def randomize_bn(model: nn.Module) -> None:
@@ -59,6 +69,22 @@ def fp32_onnx(model: nn.Module, path: Path) -> None:
         torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), str(path), dynamo=True,
                           opset_version=18, input_names=["input"], output_names=["logits"],
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+
+
+def nncf_int8(float_xml: Path, calib: np.ndarray, out: Path) -> Path | None:
+    """The float IR quantized to int8 by NNCF (default preset), or None without nncf."""
+    try:
+        import nncf
+    except ImportError:
+        print("nncf is not installed: no int8 peer (pip install nncf)")
+        return None
+    import openvino as ov
+
+    model = ov.Core().read_model(str(float_xml))
+    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    quantized = nncf.quantize(model, dataset, subset_size=len(calib))
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
 
 
 def main() -> None:
@@ -112,41 +138,64 @@ def main() -> None:
     ov.save_model(ov.convert_model(str(files["fp32 ONNX"])), str(ov_float),
                   compress_to_fp16=False)
 
-    engines = {
+    int8_peer = nncf_int8(ov_float, calib, work / "resnet18_int8_nncf.xml")
+    if int8_peer is not None:
+        files["OpenVINO int8 IR (NNCF)"] = int8_peer
+
+    def hinted(path: Path) -> Callable[[int], Predictor]:
+        return lambda n: load_predictor(path, threads=n, isolate=True, precision="default")
+
+    engines: dict[str, Path | Callable[[int], Predictor]] = {
         BASELINE: files["fp32 ONNX"],
-        "onnxruntime binary": files["binary ONNX"],
-        "openvino fp32": ov_float,
-        "openvino binary": files["OpenVINO binary IR"],
-        "openvino binary + int8": files["OpenVINO binary + int8 IR"],
+        "openvino fp32 (f32 hint)": ov_float,
+        "openvino fp32 (default hint)": hinted(ov_float),
     }
+    if int8_peer is not None:
+        engines["openvino int8, NNCF (default hint)"] = hinted(int8_peer)
+    engines.update({
+        "onnxruntime binary": files["binary ONNX"],
+        "openvino binary (f32 hint)": files["OpenVINO binary IR"],
+        "openvino binary (default hint)": hinted(files["OpenVINO binary IR"]),
+        "openvino binary + int8 (f32 hint)": files["OpenVINO binary + int8 IR"],
+        "openvino binary + int8 (default hint)": hinted(files["OpenVINO binary + int8 IR"]),
+    })
     rows: dict[tuple[str, int, int], BenchRow] = {}
     for batch in args.batches:
         for row in compare(engines, [batch], args.threads, warmup=2, rounds=args.rounds,
                            runs=args.runs if batch == 1 else max(3, args.runs // 3)):
             rows[(row.label, row.batch, row.threads)] = row
-            print(f"{row.label:36s} batch {batch:3d} threads {row.threads or 'all':>3}: "
+            print(f"{row.label:40s} batch {batch:3d} threads {row.threads or 'all':>3}: "
                   f"{row.median_ms:9.2f} ms  {row.throughput:8.1f} img/s  "
                   f"{row.speedup:5.2f}x", flush=True)
+    # the peer of a binary row: the fastest engine that is not binary, same batch and threads
+    peer = {(b, t): min(r.median_ms for (name, b2, t2), r in rows.items()
+                        if b2 == b and t2 == t and "binary" not in name)
+            for (_, b, t) in rows}
 
     lines = [
         "## Inference speed: ResNet-18 1W/1A (224x224, CPU)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs "
-        f"({platform.system()}); torch {torch.__version__}, "
-        f"onnxruntime {__import__('onnxruntime').__version__}, openvino {ov.__version__}. "
+        f"Machine: {machine()}; flags: {', '.join(cpu_flags()) or 'unknown'}; "
+        f"{os.cpu_count()} logical CPUs. torch {torch.__version__}, "
+        f"onnxruntime {__import__('onnxruntime').__version__}, openvino {ov.__version__}"
+        + (f", nncf {__import__('nncf').__version__}" if int8_peer else ", no nncf "
+           "(pip install nncf for the int8 peer)") + ". "
         f"Median of {args.runs} timed runs (batch 1) / {max(3, args.runs // 3)} (larger "
         f"batches) after 2 warm-up runs, engines taking turns in {args.rounds} rounds. "
         "Random weights; 16 of 21 convolutions binarized "
         "(stem, 3 downsample 1x1 convs and the classifier stay full precision: fp32, or "
-        "int8 in the int8 IR).",
+        "int8 in the int8 IR). 'vs best non-binary': the fastest engine without binary "
+        "layers at the same batch and threads, over this one (above 1: the binary model wins).",
         "",
-        "| engine | batch | threads | latency ms | images/s | speed-up vs onnxruntime fp32 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| engine | batch | threads | latency ms | images/s | vs onnxruntime fp32 | "
+        "vs best non-binary |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (name, batch, threads), row in sorted(rows.items(), key=lambda kv: (kv[0][2] == 0,
                                                                             kv[0][1])):
         lines.append(f"| {name} | {batch} | {threads or 'all'} | {row.median_ms:.2f} | "
-                     f"{row.throughput:.1f} | {row.speedup or 0:.2f}x |")
+                     f"{row.throughput:.1f} | {row.speedup or 0:.2f}x | "
+                     f"{peer[(batch, threads)] / row.median_ms:.2f}x |")
     pth = model_bytes(files["fp32 .pth"])
     lines += ["", "| file | bytes | vs fp32 .pth |", "|---|---:|---:|"]
     for label, path in files.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,18 @@ def build_comparison(src: str | os.PathLike[str], workdir: Path, *, data: str | 
     return files, notes
 
 
+Engine = Path | Callable[[int], Predictor]
+
+
 def compare(
-    files: dict[str, Path], batches: list[int], threads: list[int], *, warmup: int = 2,
+    files: Mapping[str, Engine], batches: list[int], threads: list[int], *, warmup: int = 2,
     runs: int = 10, rounds: int = 3, input_size: tuple[int, ...] | None = None,
 ) -> list[BenchRow]:
     """Time each labelled file at every batch and thread count, engines taking turns.
+
+    A file is a path (loaded with :func:`load_predictor`) or a function of
+    the thread count that returns a predictor (another engine setting, e.g.
+    OpenVINO's default precision hint).
 
     The first label is the baseline of the ``speedup`` column (its latency
     over each row's, at the same batch and threads). Each setting runs
@@ -183,8 +191,8 @@ def compare(
     rounds = max(1, min(rounds, runs))
     per_round = -(-runs // rounds)
     for n in threads:
-        predictors = {label: _ort_default(path, n) if label == BASELINE
-                      else load_predictor(path, threads=n, isolate=True)
+        predictors = {label: path(n) if callable(path) else _ort_default(path, n)
+                      if label == BASELINE else load_predictor(path, threads=n, isolate=True)
                       for label, path in files.items()}
         size = input_size or next((p.input_size for p in predictors.values() if p.input_size),
                                   None) or DEFAULT_INPUT_SIZE

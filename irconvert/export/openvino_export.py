@@ -216,7 +216,7 @@ def normal_thresholds(frozen: nn.Module) -> nn.Module:
     ``FLT_MIN`` (``b > 0``) or by 0 (``b < 0``), which survive the conversion.
     """
     def subnormal(t: Tensor | None) -> bool:
-        return t is not None and bool(((t != 0) & (t.abs() < _TINY)).any())
+        return t is not None and bool(((t != 0) & (t.abs() < float(_TINY))).any())
 
     if not any(subnormal(layer.act_threshold) for layer in binary_layers(frozen).values()):
         return frozen
@@ -225,8 +225,9 @@ def normal_thresholds(frozen: nn.Module) -> nn.Module:
         b = layer.act_threshold
         if subnormal(b):
             assert b is not None
-            tiny = (b != 0) & (b.abs() < _TINY)
-            b.copy_(torch.where(tiny, torch.where(b > 0, float(_TINY), 0.0), b))
+            tiny = (b != 0) & (b.abs() < float(_TINY))
+            normal = torch.where(b > 0, torch.full_like(b, float(_TINY)), torch.zeros_like(b))
+            b.copy_(torch.where(tiny, normal, b))
     return copy
 
 
@@ -298,10 +299,10 @@ def _replace_binary_convs(ov: Any, model: Any) -> tuple[int, dict[str, str]]:
         # the layer's name (irconvert.export.sign_names) for the parity check and
         # profiles; OpenVINO merges the signs of layers that compute the same
         # thing, so one FakeQuantize may carry several
-        signs = sorted(n for n in select.output(0).get_names() if sign_layer(n))
-        if signs:
-            fq.set_friendly_name(signs[0])
-            fq.output(0).add_names(set(signs))
+        names = sorted(n for n in select.output(0).get_names() if sign_layer(n))
+        if names:
+            fq.set_friendly_name(names[0])
+            fq.output(0).add_names(set(names))
         signs = np.where(weights >= 0, 1.0, -1.0).astype(np.float32)
         bconv = op1.binary_convolution(
             fq, ops.constant(_u1_filters(ov, signs)), attrs["strides"], attrs["pads_begin"],
@@ -502,11 +503,15 @@ def binary_conv_layers(compiled: Any) -> list[str]:
 
 
 def compile_openvino(
-    xml: str | os.PathLike[str] | Any, batch: int, threads: int = 0,
+    xml: str | os.PathLike[str] | Any, batch: int, threads: int = 0, *,
+    precision: str = "f32",
 ) -> Any:
     """Compile an IR (path or ov.Model) for the CPU at a fixed ``batch``.
 
-    ``threads=0`` lets OpenVINO use every core. Inference precision is fp32.
+    ``threads=0`` lets OpenVINO use every core. ``precision`` is the
+    inference precision of the float layers: ``f32`` (exact; the default), or
+    ``default`` for the plugin's own choice, which is bf16 on CPUs with AMX or
+    AVX512_BF16 (faster, and it changes predictions: docs/export.md).
     """
     ov = import_openvino()
     core = ov.Core()
@@ -516,7 +521,9 @@ def compile_openvino(
     if shape.rank.is_static and (shape[0].is_dynamic or shape[0].get_length() != batch):
         new = [batch] + [d.get_length() for d in list(shape)[1:]]
         model.reshape({model.input(0).get_any_name(): new})
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if precision not in ("f32", "default"):
+        raise ValueError(f"precision must be 'f32' or 'default', not {precision!r}")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} if precision == "f32" else {}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return core.compile_model(model, "CPU", config)

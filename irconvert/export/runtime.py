@@ -82,7 +82,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def load_predictor(path: str | os.PathLike[str], *, threads: int = 0,
-                   isolate: bool = False) -> Predictor:
+                   isolate: bool = False, precision: str = "f32") -> Predictor:
     """Load an exported model as a predictor (numpy float32 NCHW in, logits out).
 
     Args:
@@ -93,6 +93,8 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0,
             once in a child process (:mod:`irconvert.export.isolated`), so an
             engine crash on the graph is a ``LoadError`` naming the file and
             the signal instead of the end of this process (the CLI sets it).
+        precision: OpenVINO only: ``f32`` (exact) or ``default`` (the plugin's
+            choice: bf16 on CPUs that have it); see :func:`compile_openvino`.
 
     Raises:
         LoadError: missing or unrecognised file; with ``isolate``, raised by
@@ -110,7 +112,7 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0,
         return _packed(p, threads)
     if fmt == "onnx":
         return _onnx(p, threads)
-    return _openvino(p / "model.xml" if p.is_dir() else p, threads, isolate)
+    return _openvino(p / "model.xml" if p.is_dir() else p, threads, isolate, precision)
 
 
 def _packed(path: Path, threads: int) -> Predictor:
@@ -187,7 +189,8 @@ def _onnx(path: Path, threads: int) -> Predictor:
     return Predictor(path, "onnx", run, size, preprocessing, fixed=size is not None)
 
 
-def _openvino(xml: Path, threads: int, isolate: bool = False) -> Predictor:
+def _openvino(xml: Path, threads: int, isolate: bool = False,
+              precision: str = "f32") -> Predictor:
     from irconvert.export.isolated import run_once_isolated
     from irconvert.export.openvino_export import compile_openvino, import_openvino
 
@@ -213,7 +216,7 @@ def _openvino(xml: Path, threads: int, isolate: bool = False) -> Predictor:
                     f"{xml}: OpenVINO crashed ({crash}) running it in a test process, at "
                     f"batch {batch}; nothing was changed. Export it again with this irconvert "
                     "(it avoids the known crashing patterns), or use the ONNX export")
-            compiled[batch] = compile_openvino(model, batch, threads)
+            compiled[batch] = compile_openvino(model, batch, threads, precision=precision)
         out: np.ndarray = compiled[batch](x)[0]
         return np.asarray(out)
 
