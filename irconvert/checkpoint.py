@@ -48,6 +48,7 @@ from irconvert.atomic import atomic_file
 from irconvert.config import BinarizeConfig
 from irconvert.convert import binarize_
 from irconvert.errors import ConfigError, LoadError
+from irconvert.io.checkpoint_file import FORMAT, is_checkpoint, read_checkpoint
 from irconvert.models import build_model
 
 __all__ = [
@@ -75,7 +76,6 @@ __all__ = [
     "read_run_dir",
 ]
 
-FORMAT = "irconvert-checkpoint"
 VERSION = 1
 
 CONFIG = "config.yaml"
@@ -183,11 +183,6 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
         torch.save(obj, tmp)
 
 
-def is_checkpoint(obj: Any) -> bool:
-    """Whether a loaded object is an irconvert run checkpoint (it has the format marker)."""
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
-
-
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     """The checkpoint file ``path`` means: itself, or in a folder ``best.pt``, else
     ``last.pt``, else ``model.pt`` (a post-training conversion).
@@ -214,8 +209,6 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         LoadError: one line: missing, unreadable, not a run checkpoint, or
             written by a newer irconvert.
     """
-    from irconvert.io.checkpoint_file import read_checkpoint
-
     p = find_checkpoint(path)
     # Empty, truncated and damaged files get the same one-line diagnosis as a
     # user's own checkpoint (weights-only: a run checkpoint never needs code).

@@ -54,7 +54,8 @@ def train_float_model(cache_dir: str | os.PathLike[str] | None = None, *,
                       epochs: int = FP_EPOCHS,
                       seed: int = 0, log: Any = None) -> Path:
     """Train the full-precision digits CNN once; returns its cached state_dict file."""
-    from irconvert.data.digits import DIGITS_MEAN, DIGITS_STD, digits_bundle
+    from irconvert.data.datasets import open_data
+    from irconvert.data.digits import DIGITS_MEAN, DIGITS_STD
     from irconvert.data.loaders import images_as_uint8
     from irconvert.models.digits import DigitsCNN
 
@@ -64,7 +65,7 @@ def train_float_model(cache_dir: str | os.PathLike[str] | None = None, *,
         return path
     if log:
         log(f"training the full-precision digits CNN once (cached in {path})")
-    bundle = digits_bundle()
+    bundle = open_data("digits")
     x, y = images_as_uint8(bundle.train)
     x = (x.float() / 255 - DIGITS_MEAN[0]) / DIGITS_STD[0]
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The package's layers import only downwards.
+"""The package's layers import only downwards, and no modules import each other.
 
 Low to high: the basics (errors, config, atomic) < functional < nn < models
 < convert, io, data, checkpoint < export, train, open_any < cli, demo and the
@@ -54,15 +54,18 @@ def _resolve(node: ast.ImportFrom, importer: str, is_package: bool) -> list[str]
         module = ".".join(base + ([node.module] if node.module else []))
     else:
         module = node.module or ""
-    if module != "irconvert":
+    if module != "irconvert" and not module.startswith("irconvert."):
         return [module]
-    # ``from irconvert import x``: x is a subpackage or module, or a name
-    # defined in irconvert/__init__.py (which then is what is imported).
+    # ``from irconvert.pkg import x``: x is a subpackage or module, or a name
+    # defined in irconvert/pkg/__init__.py (which then is what is imported).
+    folder = PACKAGE.parent.joinpath(*module.split("."))
+    if not folder.is_dir():
+        return [module]
     found = []
     for alias in node.names:
-        sub = PACKAGE / alias.name
+        sub = folder / alias.name
         is_module = sub.is_dir() or sub.with_suffix(".py").is_file()
-        found.append(f"irconvert.{alias.name}" if is_module else "irconvert")
+        found.append(f"{module}.{alias.name}" if is_module else module)
     return found
 
 
@@ -115,8 +118,65 @@ def test_the_checker_sees_lazy_and_relative_imports() -> None:
     source = "def f():\n    from irconvert.cli import app\n    return app\n"
     tree = ast.parse(source)
     found = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert _resolve(found[0], "irconvert.nn.layers", False) == ["irconvert.cli"]
+    assert _resolve(found[0], "irconvert.nn.layers", False) == ["irconvert.cli.app"]
     relative = ast.parse("from ..train import recipe\n").body[0]
     assert isinstance(relative, ast.ImportFrom)
-    assert _resolve(relative, "irconvert.data.loaders", False) == ["irconvert.train"]
+    assert _resolve(relative, "irconvert.data.loaders", False) == ["irconvert.train.recipe"]
+    # a name defined in a package's __init__ is an import of that __init__
+    named = ast.parse("from irconvert.export import export_onnx\n").body[0]
+    assert isinstance(named, ast.ImportFrom)
+    assert _resolve(named, "irconvert.cli.export_cmd", False) == ["irconvert.export"]
     assert _layer("irconvert.nn.layers") < _layer("irconvert.cli")
+
+
+def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
+    """The import cycles of ``edges``: strongly connected groups of two or more modules."""
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+            graph.setdefault(b, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan; the graph is small, recursion is fine
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    # Lazy imports inside functions count: they hide a cycle until the
+    # function runs. A module importing its own package's __init__ counts too.
+    cycles = _cycles(_imports())
+    assert not cycles, "modules that import each other: " + "; ".join(
+        " <-> ".join(group) for group in cycles)
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [["a", "b", "c"]]
+    assert _cycles({("a", "b"), ("b", "c")}) == []

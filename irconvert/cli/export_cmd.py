@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from irconvert.cli import app
 from irconvert.cli._common import console, human_bytes, user_errors
 from irconvert.cli._tables import Column, key_value_grid, print_table
+from irconvert.cli.app import app
 
 InputSize = Annotated[str | None, typer.Option(
     "--input-size", help="C,H,W of one input for tracing, e.g. 3,32,32 "

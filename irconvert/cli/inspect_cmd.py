@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from irconvert.cli import app
 from irconvert.cli._common import console, human_bytes, print_json, user_errors
 from irconvert.cli._tables import Column, key_value_grid, print_table
+from irconvert.cli.app import app
 from irconvert.cli.options import (
     ActBits,
     Arch,

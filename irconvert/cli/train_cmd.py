@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from irconvert.cli import app
 from irconvert.cli._common import console, err_console, human_bytes, print_json, user_errors
 from irconvert.cli._tables import Column, print_table
+from irconvert.cli.app import app
 from irconvert.cli.options import Arch, NumClasses, Pretrained, TrustPickle
 
 DataOpt = Annotated[str, typer.Option(

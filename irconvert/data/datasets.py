@@ -249,10 +249,10 @@ def open_data(spec: str | DataSpec, *, split: str = "auto", channels: int = 3,
         spec = parse_data_spec(spec)
     mode = "L" if channels == 1 else "RGB"
     if spec.kind == "digits":
-        from irconvert.data.digits import digits_bundle
+        from irconvert.data.digits import digits_splits
 
-        bundle: DataBundle = digits_bundle()
-        return bundle
+        d_train, d_test, d_classes = digits_splits()
+        return DataBundle(d_train, d_test, d_classes, name="digits", val_split="test")
     if spec.kind == "imagefolder":
         train, val, classes, val_name = _imagefolder(spec.root, split, mode)
         bundle = DataBundle(train, val, classes, name=str(spec), val_split=val_name)

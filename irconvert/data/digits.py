@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DigitsDataset", "digits_bundle"]
+__all__ = ["DIGITS_MEAN", "DIGITS_STD", "DigitsDataset", "digits_splits"]
 
 # Of the training split, pixels scaled to [0, 1].
 DIGITS_MEAN = (0.3075,)
@@ -34,16 +34,13 @@ class DigitsDataset(Dataset[tuple[Any, int]]):
         return Image.fromarray(self.data[i, :, :, 0], mode="L"), self.targets[i]
 
 
-def digits_bundle() -> Any:
-    """The digits as a :class:`~irconvert.data.datasets.DataBundle` (train and test)."""
+def digits_splits() -> tuple[DigitsDataset, DigitsDataset, list[str]]:
+    """``(train, test, class names)``; ``open_data("digits")`` makes the bundle."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-
-    from irconvert.data.datasets import DataBundle
 
     digits = load_digits()
     images = np.clip(digits.images * 16.0, 0, 255).astype(np.uint8)[..., None]
     x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target, test_size=0.2,
                                               random_state=0, stratify=digits.target)
-    return DataBundle(DigitsDataset(x_tr, y_tr), DigitsDataset(x_te, y_te),
-                      [str(i) for i in range(10)], name="digits", val_split="test")
+    return DigitsDataset(x_tr, y_tr), DigitsDataset(x_te, y_te), [str(i) for i in range(10)]

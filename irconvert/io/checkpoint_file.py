@@ -22,13 +22,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from irconvert.checkpoint import is_checkpoint
 from irconvert.errors import LoadError
+
+# The marker of an irconvert run checkpoint (irconvert.checkpoint writes it).
+# Defined here, below the checkpoint module, so that the reader can tell a
+# run checkpoint from a user's model without importing it (no cycle).
+FORMAT = "irconvert-checkpoint"
+
+
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is an irconvert run checkpoint (it has the format marker)."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 __all__ = [
     "CONTAINER_KEYS",
+    "FORMAT",
     "clean_state_dict",
     "file_sha256",
+    "is_checkpoint",
     "load_state_dict_file",
     "read_checkpoint",
 ]
