@@ -6,7 +6,7 @@ recipe, changes one thing (or combines several), trains for the same number
 of images, and is measured on all 10,000 test images: right after
 conversion, after calibration (activation thresholds and BatchNorm
 re-estimation), and after training. It runs the product's trainer
-(:func:`irconvert.train.trainer.fit`), so the numbers are the product's.
+(:func:`irconvert.train.run.fit`), so the numbers are the product's.
 
     python benchmarks/cifar10_ablation.py --data ../shared/data/cifar10 \\
         --weights ../shared/data/weights/resnet20-12fca82f.th \\
@@ -37,7 +37,7 @@ from irconvert.data.datasets import DataBundle, open_data
 from irconvert.data.loaders import images_as_uint8
 from irconvert.io import load_model
 from irconvert.train.recipe import apply_overrides, load_recipe
-from irconvert.train.trainer import fit
+from irconvert.train.run import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine

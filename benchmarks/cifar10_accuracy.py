@@ -25,7 +25,7 @@ import torch
 
 from irconvert.atomic import write_text
 from irconvert.train.recipe import apply_overrides, load_recipe
-from irconvert.train.trainer import binarize_and_train
+from irconvert.train.run import binarize_and_train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine

@@ -6,7 +6,7 @@ and one-line errors for everything that can be wrong with them. (Users'
 full-precision checkpoint files are :mod:`irconvert.io.checkpoint_file`'s job;
 exported files are :mod:`irconvert.export`'s.)
 
-A run directory (written by :mod:`irconvert.train.trainer`)::
+A run directory (written by :mod:`irconvert.train.run_state` for the trainer)::
 
     config.yaml     the resolved recipe (a valid ``--recipe`` file)
     run.yaml        where the model and data came from (for ``--resume``)

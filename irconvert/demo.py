@@ -17,8 +17,9 @@ from torch import nn
 
 from irconvert.checkpoint import RUN_OUTPUTS, atomic_save
 from irconvert.config import TrainConfig
+from irconvert.train.outcome import FitResult
 from irconvert.train.recipe import recipe_from_dict
-from irconvert.train.trainer import FitResult, binarize_and_train
+from irconvert.train.run import binarize_and_train
 
 __all__ = ["DEMO_RECIPE", "default_cache_dir", "demo_recipe", "run_demo", "train_float_model"]
 
@@ -66,6 +67,7 @@ def train_float_model(cache_dir: str | os.PathLike[str] | None = None, *,
     if log:
         log(f"training the full-precision digits CNN once (cached in {path})")
     bundle = open_data("digits")
+    assert bundle.train is not None  # digits always has its training split
     x, y = images_as_uint8(bundle.train)
     x = (x.float() / 255 - DIGITS_MEAN[0]) / DIGITS_STD[0]
     gen = torch.Generator().manual_seed(seed)

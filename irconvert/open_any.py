@@ -164,7 +164,7 @@ def evaluate_any(path: str, data: str, *, split: str = "auto", batch_size: int =
     )
     from irconvert.errors import DataError
     from irconvert.train.evaluate import evaluate_fn
-    from irconvert.train.trainer import resolve_device
+    from irconvert.train.precision import resolve_device
 
     dev = resolve_device(device)
     opened = open_any(path, device=dev, arch=arch, num_classes=num_classes,

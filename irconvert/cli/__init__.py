@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import typer
 
-# Imported for their side effect: each module adds its commands to ``app``.
-from irconvert.cli import export_cmd, inspect_cmd, train_cmd  # noqa: F401
 from irconvert.cli.app import app
+
+# Imported for their side effect: each module adds its commands to ``app``, in
+# the order ``irconvert --help`` lists them.
+# isort: off
+from irconvert.cli import inspect_cmd, train_cmd, export_cmd  # noqa: F401
+# isort: on
 
 __all__ = ["app", "main"]
 

@@ -76,7 +76,7 @@ def render_summary(result: Any, quiet: bool) -> None:
 
 
 def _run_training(call: Any, quiet: bool) -> None:
-    from irconvert.train.trainer import TrainingInterrupted
+    from irconvert.train.outcome import TrainingInterrupted
 
     with user_errors():
         try:
@@ -200,7 +200,7 @@ def binarize(
     from irconvert.checkpoint import CONFIG, LAST, check_resumable, is_run_dir
     from irconvert.config import TrainConfig
     from irconvert.train.recipe import apply_overrides, load_recipe
-    from irconvert.train.trainer import binarize_and_train, resume_run
+    from irconvert.train.run import binarize_and_train, resume_run
 
     # epochs stays out until the route is decided: 0 selects post-training
     # (it is not a valid recipe value).

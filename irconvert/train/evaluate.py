@@ -6,7 +6,6 @@ original model) is :mod:`irconvert.open_any`'s job.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from irconvert.train.distributed import DistEnv, all_reduce_sum
 from irconvert.train.metrics import correct_topk
-from irconvert.train.precision import autocast, resolve_amp
+from irconvert.train.precision import autocast
 
 __all__ = ["EvalResult", "evaluate", "evaluate_fn"]
 
@@ -32,10 +31,6 @@ class EvalResult:
         return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "images": self.images}
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    return autocast(device, resolve_amp(device, amp))
-
-
 def evaluate_fn(logits_fn: Callable[[Tensor], Tensor], loader: Iterable[Any],
                 device: torch.device, *, env: DistEnv | None = None,
                 amp: str = "none", channels_last: bool = False) -> EvalResult:
@@ -48,7 +43,7 @@ def evaluate_fn(logits_fn: Callable[[Tensor], Tensor], loader: Iterable[Any],
             if channels_last and inputs.ndim == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             targets = targets.to(device, non_blocking=True)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 logits = logits_fn(inputs)
             logits = logits.float()
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))

@@ -246,7 +246,7 @@ def _with_data(model: nn.Module, data: str, recipe: TrainConfig, target: Path, s
     from irconvert.models.heads import model_outputs
     from irconvert.train.bn import recalibrate_bn
     from irconvert.train.evaluate import evaluate
-    from irconvert.train.trainer import resolve_device
+    from irconvert.train.precision import resolve_device
 
     bundle = open_data(data, channels=channels, download=download,
                        bad_files=recipe.data.bad_files)

@@ -1,4 +1,4 @@
-"""Mixed precision on CUDA and on CPUs: which dtype a run really gets.
+"""The device a run uses, and its mixed precision on CUDA and on CPUs.
 
 On x86 servers bf16 matrix kernels exist as AVX512_BF16 (Zen 4, Cooper Lake)
 or AMX (Sapphire Rapids and later); oneDNN uses them under
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Any
 
 import torch
 
-__all__ = ["autocast", "cpu_bf16_supported", "resolve_amp"]
+from irconvert.errors import ConfigError
+
+__all__ = ["autocast", "cpu_bf16_supported", "resolve_amp", "resolve_device"]
 
 
 @functools.cache
@@ -52,3 +55,19 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device when there is one, else the CPU."""
+    try:
+        if name == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cpu")
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"field 'device' must be auto, cpu, cuda or cuda:N, "
+                          f"got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"field 'device' is {name!r} but CUDA is not available here")
+    return device

@@ -1,26 +1,22 @@
-"""The fine-tuning loop: binarize a float model, train it with the EDE schedule.
+"""The fine-tuning loop: one run of a binarized model under the EDE schedule.
 
-Run directory (written by rank 0 only, every file atomically):
-
-    config.yaml     the resolved recipe (a valid ``--recipe`` file)
-    run.yaml        where the model and data came from (for ``--resume``)
-    last.pt         run checkpoint + trainer state, after every epoch and on stop
-    best.pt         the checkpoint with the best validation top-1
-    metrics.jsonl   one JSON object per epoch
-    curves.png      loss, accuracy, lr and EDE t per epoch
+:class:`Trainer` sets a run up and is the loop (epochs, steps, evaluation,
+saving). What the loop relies on lives in its own modules, mixed into the
+class: stages, EDE and calibration (:mod:`irconvert.train.stages`), the time
+budget (:mod:`irconvert.train.budget_keeping`) and the run's state on disk
+and ``--resume`` (:mod:`irconvert.train.run_state`). :func:`irconvert.train.run.fit`
+is the entry point most callers want. The run directory's layout is
+described in :mod:`irconvert.checkpoint`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from irconvert.checkpoint import CONFIG as RUN_CONFIG
-from irconvert.checkpoint import (
-    atomic_save,
-    check_new_run,
-    load_resume_state,
-    new_checkpoint,
-    read_run_dir,
-)
 from irconvert.config import StageConfig, TrainConfig
 from irconvert.convert import ConversionReport, binarize_
-from irconvert.data.datasets import DataBundle, open_data
+from irconvert.data.datasets import DataBundle
 from irconvert.data.loaders import (
     AugmentedDataset,
     GPUCachedLoader,
@@ -47,118 +36,25 @@ from irconvert.data.loaders import (
     make_loader,
     resolve_normalization,
 )
-from irconvert.errors import ConfigError, DataError, IRConvertError, LoadError
-from irconvert.functional import ede_schedule
+from irconvert.errors import DataError, IRConvertError
 from irconvert.models.heads import model_channels, model_outputs, replace_classifier_
-from irconvert.nn import set_binarization, set_ede
-from irconvert.train.budget import (
-    PROBE_EVAL_BATCHES,
-    PROBE_STEPS,
-    epoch_seconds,
-    fit_epochs,
-    projected_seconds,
-    scale_stages,
-    timed_batches,
-)
-from irconvert.train.distributed import all_reduce_sum, cleanup, init_distributed
-from irconvert.train.evaluate import EvalResult, _autocast, evaluate
+from irconvert.train.budget_keeping import BudgetKeeping
+from irconvert.train.distributed import all_reduce_sum, init_distributed
+from irconvert.train.evaluate import EvalResult, evaluate
 from irconvert.train.memory import release_freed_memory, retain_freed_memory
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
-from irconvert.train.optim import build_optimizer, lr_factor_fn
-from irconvert.train.precision import resolve_amp
+from irconvert.train.outcome import FitResult, TrainingDiverged, TrainingInterrupted
+from irconvert.train.precision import autocast, resolve_amp, resolve_device
 from irconvert.train.progress import Progress, make_progress
-from irconvert.train.recipe import load_recipe, recipe_from_dict, save_recipe
-from irconvert.train.rng import get_rng_state, plain_rng_state, seed_everything, set_rng_state
+from irconvert.train.rng import seed_everything
+from irconvert.train.run_state import RunState
+from irconvert.train.signals import stop_signals
+from irconvert.train.stages import Stages
 
-__all__ = [
-    "FitResult",
-    "Trainer",
-    "TrainingInterrupted",
-    "fit",
-    "model_outputs",
-    "replace_classifier_",
-    "resolve_device",
-]
+__all__ = ["Trainer"]
 
 
-class TrainingInterrupted(IRConvertError):
-    """Training stopped on request (Ctrl-C, SIGTERM); ``last.pt`` was saved.
-
-    ``exit_code`` is the shell's convention for the signal: 130 for Ctrl-C
-    (SIGINT), 143 for SIGTERM.
-    """
-
-    exit_code = 128 + signal.SIGINT
-
-
-class TrainingDiverged(IRConvertError):
-    """The loss became NaN or infinite; ``last.pt`` holds the last good epoch."""
-
-
-@dataclass
-class FitResult:
-    """What a finished run reports."""
-
-    run_dir: Path
-    fp_top1: float | None
-    fp_top5: float | None
-    best_top1: float
-    final: dict[str, Any]
-    report: dict[str, Any]
-    wall_time: float
-    epochs: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    # top-1 before any training: right after conversion, then after the
-    # threshold / BatchNorm calibration (only when asked: two evaluations)
-    start: dict[str, float] = field(default_factory=dict)
-    # image files found unreadable and left out (data.bad_files: skip)
-    skipped: list[str] = field(default_factory=list)
-    # the recipe's epochs when a time budget lowered them (else None)
-    epochs_ceiling: int | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's CUDA device when there is one, else the CPU."""
-    try:
-        if name == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            return torch.device("cpu")
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"field 'device' must be auto, cpu, cuda or cuda:N, "
-                          f"got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"field 'device' is {name!r} but CUDA is not available here")
-    return device
-
-
-@contextlib.contextmanager
-def _stop_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT/SIGTERM set a flag the loop checks; a second Ctrl-C aborts at once."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if trainer.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        trainer.stop_requested = True
-        trainer.stop_signal = signum
-        trainer.progress.log(f"{signal.Signals(signum).name} received: saving last.pt and "
-                             "stopping after this step (Ctrl-C again to abort)")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-class Trainer:
+class Trainer(BudgetKeeping, Stages, RunState):
     """One fine-tuning run. Most callers want :func:`fit`.
 
     Args:
@@ -340,308 +236,6 @@ class Trainer:
         if isinstance(getattr(self, "train_set", None), AugmentedDataset):
             self.train_set.set_epoch(epoch)
 
-    # -- stages -------------------------------------------------------------------
-    def stage_of(self, epoch: int) -> int:
-        """The index of the stage that epoch ``epoch`` belongs to."""
-        return max(i for i, start in enumerate(self.stage_starts) if start <= min(
-            epoch, self.epochs - 1))
-
-    def _stage_steps(self, i: int) -> int:
-        if len(self.stages) == 1:
-            return self.total_steps
-        return self.stages[i].epochs * self.steps_per_epoch
-
-    def _enter_stage(self, i: int, *, fresh: bool, transition: bool) -> None:
-        """Make stage ``i`` current: what is binarized, the loss, a new optimizer.
-
-        ``fresh``: the stage starts now (its optimizer starts from scratch);
-        otherwise the caller loads the saved optimizer state next.
-        ``transition``: re-estimate BatchNorm (and set thresholds first).
-        """
-        stage = self.stages[i]
-        self.stage_index = i
-        mode = stage.binarize
-        set_binarization(self.model, weights=mode in ("both", "weights"),
-                         activations=mode in ("both", "activations"))
-        if fresh and transition and len(self.stages) > 1:
-            name = stage.name or f"stage {i + 1}"
-            self.progress.log(f"stage {i + 1}/{len(self.stages)} '{name}': binarize {mode}, "
-                              f"{stage.epochs} epochs")
-        if transition:
-            self._calibrate()
-        old = getattr(self.distill, "features", None) if self.distill is not None else None
-        if old is not None:
-            old.remove()
-        self.distill = None
-        if self.teacher is not None and stage.distill is not None:
-            from irconvert.train.distill import DistillationLoss, FeatureMatcher
-
-            d = stage.distill
-            features = None
-            if d.features > 0:
-                features = FeatureMatcher(self.model, self.teacher, self.report.blocks,
-                                          d.features)
-            self.distill = DistillationLoss(self.teacher, alpha=d.alpha,
-                                            temperature=d.temperature, kind=d.kind,
-                                            teacher_fn=self.teacher_fn, features=features)
-        assert stage.optimizer is not None and stage.schedule is not None
-        self.optimizer = build_optimizer(self.model, stage.optimizer)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor_fn(stage.schedule, stage.optimizer.lr,
-                                         self._stage_steps(i), self.steps_per_epoch))
-
-    # -- time budget --------------------------------------------------------------
-    def elapsed_s(self) -> float:
-        """Wall time of the run so far, earlier processes of a resumed run included."""
-        return self.elapsed_before + time.perf_counter() - self.clock0
-
-    def _fit_budget(self) -> None:
-        """Before the first step: time a few steps and evaluation batches, then
-        keep the epochs that fit ``budget_minutes``.
-
-        The probe's steps are undone (weights, BatchNorm statistics, random
-        state; the optimizer and schedule start afresh), so the run is the
-        one ``--epochs N`` would give; only its compilation is kept.
-        """
-        assert self.recipe.budget_minutes is not None
-        weights = copy.deepcopy(self.model.state_dict())
-        rng, scaler = get_rng_state(), copy.deepcopy(self.scaler.state_dict())
-        self._update_ede()
-        self._set_epoch(0, 0)
-        self.forward_model.train()
-        loop_s, step_s = timed_batches(self.train_loader, PROBE_STEPS,
-                                       lambda x, y: self._step(x, y))
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.load_state_dict(weights)
-        self.scaler.load_state_dict(scaler)
-        set_rng_state(rng)
-        eval_s = self._eval_seconds()
-        set_rng_state(rng)
-        fit = fit_epochs(budget_s=self.recipe.budget_minutes * 60.0,
-                         elapsed_s=self.elapsed_s(), done=0, ceiling=self.epochs,
-                         epoch_s=epoch_seconds(loop_s, step_s, self.steps_per_epoch),
-                         eval_s=eval_s, eval_every=self.recipe.eval_every,
-                         minimum=len(self.stages))
-        epochs = fit.epochs
-        if self.env.distributed:  # rank 0's clock decides for all
-            epochs = int(all_reduce_sum([float(epochs if self.env.is_main else 0)],
-                                        self.device, self.env)[0])
-        lengths = [st.epochs for st in self.stages]
-        if len(self.stages) > 1:
-            lengths = scale_stages(lengths, epochs, done=0)
-        self._apply_budget({"epochs": epochs, "ceiling": self.epochs, "stages": lengths,
-                            "epoch_s": fit.epoch_s, "eval_s": fit.eval_s, "changes": []})
-        self.progress.log(dataclasses.replace(fit, epochs=epochs).describe(
-            self.recipe.budget_minutes))
-
-    def _keep_to_budget(self) -> None:
-        """After an epoch: fit the run to ``budget_minutes`` again, from the
-        epochs so far (a shared host's speed drifts, and the probe is short).
-
-        In the first fifth of the run a one-stage run is fitted both ways,
-        while the schedules have barely moved; later it is only shortened,
-        and only when it would end past the budget.
-        """
-        decision, minutes = self.budget_decision, self.recipe.budget_minutes
-        if decision is None or minutes is None or not self._epoch_secs:
-            return
-        steps = sum(n for _, n in self._epoch_secs)
-        epoch_s = sum(t for t, _ in self._epoch_secs) / max(steps, 1) * self.steps_per_epoch
-        eval_s = (sum(self._eval_secs) / len(self._eval_secs) if self._eval_secs
-                  else float(decision["eval_s"]))
-        every = self.recipe.eval_every
-        done = self.epoch + 1
-        # this epoch's own evaluation is still to come
-        elapsed = self.elapsed_s() + (eval_s if done % every == 0 else 0.0)
-        early = len(self.stages) == 1 and done <= max(1, round(0.2 * self.epochs))
-        if not early and projected_seconds(
-                elapsed_s=elapsed, done=done, epochs=self.epochs, epoch_s=epoch_s, eval_s=eval_s,
-                eval_every=every) <= minutes * 60.0:
-            return
-        fit = fit_epochs(budget_s=minutes * 60.0, elapsed_s=elapsed, done=done,
-                         ceiling=int(decision["ceiling"]) if early else self.epochs,
-                         epoch_s=epoch_s, eval_s=eval_s, eval_every=every,
-                         minimum=len(self.stages))
-        epochs = fit.epochs
-        if self.env.distributed:  # rank 0's clock decides for all
-            epochs = int(all_reduce_sum([float(epochs if self.env.is_main else 0)],
-                                        self.device, self.env)[0])
-        if epochs == self.epochs:
-            return
-        lengths = [st.epochs for st in self.stages]
-        if len(self.stages) > 1:
-            lengths = scale_stages(lengths, epochs, done=done)
-        old = self.epochs
-        changes = [*decision["changes"], {"after_epoch": done, "epochs": epochs}]
-        self._apply_budget({**decision, "epochs": epochs, "stages": lengths,
-                            "changes": changes}, mid_run=True)
-        how = "lengthened" if epochs > old else "shortened"
-        self.progress.log(f"time budget {minutes:g} min: epochs take {epoch_s:.0f} s here, not "
-                          f"the {float(decision['epoch_s']):.0f} s timed at the start; "
-                          f"{old} -> {epochs} epochs, the schedules {how} from epoch "
-                          f"{done + 1}")
-
-    def _eval_seconds(self) -> float:
-        """An evaluation's wall time, from its first batches."""
-        self.model.eval()
-        with torch.no_grad(), _autocast(self.device, self.use_amp):
-            def forward(inputs: Tensor, targets: Tensor) -> None:
-                inputs = inputs.to(self.device, non_blocking=True)
-                if self.channels_last:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                self.model(inputs)
-
-            loop_s, step_s = timed_batches(self.val_loader, PROBE_EVAL_BATCHES, forward)
-        return epoch_seconds(loop_s, step_s, len(self.val_loader))
-
-    def _apply_budget(self, decided: dict[str, Any], *, mid_run: bool = False) -> None:
-        """Make the run ``decided["epochs"]`` long; ``mid_run``: keep the
-        optimizer and put the current step on the shortened schedule."""
-        self.budget_pending = False
-        self.budget_decision = dict(decided)
-        self.epochs = int(decided["epochs"])
-        self.total_steps = self.epochs * self.steps_per_epoch
-        if len(self.stages) > 1:
-            self.stages = tuple(dataclasses.replace(st, epochs=int(n))
-                                for st, n in zip(self.stages, decided["stages"], strict=True))
-            self.stage_starts = [0]
-            for st in self.stages[:-1]:
-                self.stage_starts.append(self.stage_starts[-1] + st.epochs)
-        self.progress.set_total(self.epochs)
-        if not mid_run:  # before the first step: a fresh optimizer and schedule
-            self._enter_stage(self.stage_of(self.epoch), fresh=True, transition=False)
-            return
-        stage = self.stages[self.stage_index]
-        assert stage.schedule is not None and stage.optimizer is not None
-        factor = lr_factor_fn(stage.schedule, stage.optimizer.lr,
-                              self._stage_steps(self.stage_index), self.steps_per_epoch)
-        groups = self.optimizer.param_groups
-        self.scheduler.lr_lambdas = [factor] * len(groups)
-        for group, base in zip(groups, self.scheduler.base_lrs, strict=True):
-            group["lr"] = base * factor(self.scheduler.last_epoch)
-
-    # -- EDE and state ----------------------------------------------------------
-    def _ede_progress(self) -> tuple[float, float, Any]:
-        """(position, length, EDE config) of the current EDE schedule.
-
-        One schedule runs over all the stages that binarize something (in
-        steps or epochs, as ``ede.per`` says), unless the stage has its own.
-        """
-        stage = self.stages[self.stage_index]
-        per_step = (stage.ede or self.recipe.ede).per == "step"
-        unit = 1 if per_step else self.steps_per_epoch
-        pos = (self.global_step if per_step else self.epoch * self.steps_per_epoch)
-        if stage.ede is not None:
-            start = self.stage_starts[self.stage_index] * self.steps_per_epoch
-            return (pos - start) / unit, self._stage_steps(self.stage_index) / unit, stage.ede
-        if len(self.stages) == 1:
-            length = self.total_steps if per_step else self.epochs * self.steps_per_epoch
-            return pos / unit, length / unit, self.recipe.ede
-        done, length = 0, 0
-        for j, st in enumerate(self.stages):
-            if st.binarize == "none" or st.ede is not None:
-                continue
-            steps = self._stage_steps(j)
-            start = self.stage_starts[j] * self.steps_per_epoch
-            if j < self.stage_index:
-                done += steps
-            elif j == self.stage_index:
-                done += pos - start
-            length += steps
-        return done / unit, max(length, 1) / unit, self.recipe.ede
-
-    def _update_ede(self) -> tuple[float, float]:
-        pos, length, ede = self._ede_progress()
-        t, k = ede_schedule(pos, length, ede.t_min, ede.t_max)
-        set_ede(self.model, t, k)
-        return t, k
-
-    def checkpoint(self) -> dict[str, Any]:
-        """The dict saved as ``last.pt``: run checkpoint plus full trainer state."""
-        fp = self.fp_result.to_dict() if self.fp_result else None
-        return new_checkpoint(
-            self.model, arch=self.arch, num_classes=self.num_classes,
-            config=self.recipe.binarize, source=self.source,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-            step=self.global_step, rng=plain_rng_state(get_rng_state()),
-            recipe=self.recipe.to_dict(), metrics={"best_top1": self.best_top1, "fp": fp},
-            history=self.history, partial=list(self._partial),
-            report=self.report.to_dict(), normalization={"mean": list(self.mean),
-                                                         "std": list(self.std)},
-            classes=list(self.data.classes), stage=self.stage_index,
-            thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
-            budget=self.budget_decision, elapsed_s=self.elapsed_s(),
-        )
-
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Restore everything :meth:`checkpoint` saved (for ``--resume``)."""
-        saved = ckpt.get("recipe")
-        if saved is not None:
-            # Fields added since the checkpoint was written (data.bad_files...)
-            # read as their defaults: not a change the user made.
-            with contextlib.suppress(IRConvertError):
-                saved = recipe_from_dict(saved).to_dict()
-        if saved is not None and saved != self.recipe.to_dict():
-            changed = sorted(k for k, v in self.recipe.to_dict().items() if saved.get(k) != v)
-            self.progress.log(f"note: resuming with a changed recipe ({', '.join(changed)})")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            # the first line only says "Error(s) in loading state_dict for X:"
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = " ".join(lines[:2])
-            detail = detail if len(detail) <= 160 else detail[:160] + "..."
-            raise LoadError(f"{self.out_dir / 'last.pt'} does not fit the model: {detail}; "
-                            "was the run's config.yaml edited?") from None
-        self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-        decided = ckpt.get("budget")
-        if self.budget_pending:  # decided at the run's start, or never
-            self.budget_pending = False
-            if decided and int(decided["ceiling"]) == self.epochs:
-                self._apply_budget(decided)  # the decision stands: the resume is exact
-            elif decided:
-                self.progress.log(f"note: epochs changed from {decided['ceiling']} to "
-                                  f"{self.epochs}; the time budget's {decided['epochs']} "
-                                  "epochs no longer apply")
-            else:
-                self.progress.log("note: budget_minutes applies from a run's start; this "
-                                  f"resumed run keeps its {self.epochs} epochs")
-        self._thresholds_set = bool(ckpt.get("thresholds_set", True))
-        saved_stage = int(ckpt.get("stage", 0))
-        current = self.stage_of(self.epoch)
-        if current == saved_stage or self.epoch >= self.epochs:
-            self._enter_stage(saved_stage, fresh=False, transition=False)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        else:  # saved at the end of a stage: the next one starts now, as it would have
-            self._enter_stage(current, fresh=True, transition=True)
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.global_step = int(ckpt["step"])
-        self.best_top1 = float(ckpt["metrics"]["best_top1"])
-        fp = ckpt["metrics"].get("fp")
-        self.fp_result = EvalResult(**fp) if fp else None
-        self.history = list(ckpt.get("history", []))
-        self._partial = [float(v) for v in ckpt.get("partial", [0, 0, 0, 0, 0])]
-        self.skipped = list(dict.fromkeys([*ckpt.get("skipped_files", []), *self.skipped]))
-        set_rng_state(ckpt["rng"])
-
-    def _save(self, name: str, ckpt: dict[str, Any] | None = None) -> None:
-        if self.env.is_main:
-            atomic_save(ckpt if ckpt is not None else self.checkpoint(), self.out_dir / name)
-
-    def _write_run_files(self) -> None:
-        if not self.env.is_main:
-            return
-        import yaml
-
-        from irconvert.atomic import write_text
-
-        save_recipe(self.recipe, self.out_dir / "config.yaml")
-        write_text(self.out_dir / "run.yaml", yaml.safe_dump(self.run_info, sort_keys=False))
-
     # -- the loop -----------------------------------------------------------------
     def _loss(self, inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
         if self.distill is not None:
@@ -672,60 +266,13 @@ class Trainer:
         flag = all_reduce_sum([float(self.stop_requested)], self.device, self.env)[0]
         return flag > 0
 
-    def _sync_buffers(self) -> None:
-        # DDP broadcasts rank 0's buffers (BatchNorm statistics) before each
-        # forward; do the same after the last one so every rank ends identical.
-        if self.env.distributed:
-            import torch.distributed as dist
-
-            for buf in self.model.buffers():
-                dist.broadcast(buf, 0)
-
-    def _calibrate(self) -> None:
-        """Data-initialise activation thresholds (once), then re-estimate BatchNorm.
-
-        Both run on the training split's first batches of epoch 0 (the same
-        ones whenever they run, so a resumed run repeats them exactly).
-        """
-        steps = self.recipe.bn_recalibration
-        from irconvert.nn.thresholds import init_act_thresholds
-        from irconvert.train.bn import recalibrate_bn
-
-        acts_on = any(getattr(m, "acts_on", False) and getattr(m, "binary_act", False)
-                      for m in self.model.modules())
-        if acts_on and not self._thresholds_set:
-            self._set_epoch(0, 0)
-            with _autocast(self.device, self.use_amp):
-                n = init_act_thresholds(self.model, self.train_loader, max(steps, 10),
-                                        self.device)
-            self._thresholds_set = True
-            if n:
-                self._sync_buffers_and_params()
-                self.progress.log(f"activation thresholds set from data in {n} layers "
-                                  "(balanced bits per channel)")
-        if steps <= 0:
-            return
-        self._set_epoch(0, 0)
-        with _autocast(self.device, self.use_amp):
-            used = recalibrate_bn(self.model, self.train_loader, steps, self.device)
-        self._sync_buffers()
-        if used:
-            self.progress.log(f"BatchNorm statistics re-estimated on {used} training batches")
-
-    def _sync_buffers_and_params(self) -> None:
-        if self.env.distributed:
-            import torch.distributed as dist
-
-            for p in self.model.parameters():
-                dist.broadcast(p.data, 0)
-
     def _step(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One optimizer step; returns the loss, the logits and the targets on the device."""
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device, self.use_amp):
+        with autocast(self.device, self.use_amp):
             logits = self.forward_model(inputs)
             loss = self._loss(inputs, logits, targets)
         if not torch.isfinite(loss.detach()):
@@ -847,7 +394,7 @@ class Trainer:
         # a resumed process compiles in its first epoch: not an epoch's cost
         time_next_epoch = resume is None or not self.compile
         try:
-            with _stop_signals(self):
+            with stop_signals(self):
                 while self.epoch < self.epochs and self.global_step < self.total_steps:
                     stage = self.stage_of(self.epoch)
                     if stage != self.stage_index:
@@ -905,86 +452,3 @@ class Trainer:
             start=dict(self.start_top1), skipped=list(self.skipped),
             epochs_ceiling=(self.epochs_ceiling if self.epochs < self.epochs_ceiling else None),
         )
-
-
-def fit(model: nn.Module, data: DataBundle | str, recipe: TrainConfig,
-        out_dir: str | os.PathLike[str], *, resume: bool = False, arch: str | None = None,
-        source: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
-        replace_classifier: bool = False, quiet: bool = False, progress: Progress | None = None,
-        on_step: Callable[[Trainer], None] | None = None, download: bool = False,
-        evaluate_fp: bool = True, evaluate_start: bool = False) -> FitResult:
-    """Binarize ``model`` and fine-tune it on ``data`` as ``recipe`` says.
-
-    Args:
-        model: the full-precision model.
-        data: a :class:`DataBundle` or a data spec (``imagefolder:PATH``, ...).
-        recipe: the training recipe.
-        out_dir: the run directory.
-        resume: continue from ``out_dir/last.pt`` (``model`` must be the same
-            full-precision model the run started from).
-
-    Returns:
-        A :class:`FitResult`.
-
-    Raises:
-        TrainingInterrupted: stopped by a signal; ``last.pt`` holds the state.
-        DataError, ConfigError, LoadError: bad input.
-    """
-    out = Path(out_dir)
-    ckpt = None
-    if resume:
-        ckpt = load_resume_state(out)
-    else:
-        check_new_run(out)
-    if isinstance(data, str):
-        data = open_data(data, channels=model_channels(model), download=download,
-                         bad_files=recipe.data.bad_files)
-    trainer = Trainer(model, data, recipe, out, arch=arch, source=source, run_info=run_info,
-                      replace_classifier=replace_classifier, quiet=quiet, progress=progress,
-                      on_step=on_step, evaluate_fp=evaluate_fp and ckpt is None,
-                      evaluate_start=evaluate_start)
-    try:
-        return trainer.run(resume=ckpt)
-    finally:
-        cleanup(trainer.env)
-
-
-def binarize_and_train(source: str, data: str, recipe: TrainConfig,
-                       out_dir: str | os.PathLike[str], *, arch: str | None = None,
-                       num_classes: int | None = None, pretrained: bool = False,
-                       trust_pickle: bool = False, replace_classifier: bool = False,
-                       download: bool = False, **kwargs: Any) -> FitResult:
-    """Load ``source`` with :func:`irconvert.io.load_model`, then :func:`fit`."""
-    from irconvert.data.datasets import parse_data_spec
-    from irconvert.io import load_model
-
-    # Check the cheap thing first: a typo in --data must not wait for a
-    # model download or an architecture search.
-    spec = parse_data_spec(data)
-    if spec.kind != "digits" and not download and not spec.root.exists():
-        raise DataError(f"{spec.root}: data folder not found")
-    loaded = load_model(source, arch=arch, num_classes=num_classes, pretrained=pretrained,
-                        trust_pickle=trust_pickle)
-    model_arch = loaded.arch
-    run_info = {"model": source, "arch": arch or loaded.arch, "num_classes": num_classes,
-                "pretrained": pretrained, "trust_pickle": trust_pickle, "data": data,
-                "replace_classifier": replace_classifier, "download": download}
-    src = {"path": loaded.source, "sha256": loaded.sha256}
-    return fit(loaded.model, data, recipe, out_dir, arch=model_arch, source=src,
-               run_info=run_info, replace_classifier=replace_classifier, download=download,
-               **kwargs)
-
-
-def resume_run(run_dir: str | os.PathLike[str], *, overrides: TrainConfig | None = None,
-               **kwargs: Any) -> FitResult:
-    """Continue the run in ``run_dir`` from its ``config.yaml``, ``run.yaml`` and ``last.pt``."""
-    run = Path(run_dir)
-    info = read_run_dir(run)
-    recipe = overrides or load_recipe(run / RUN_CONFIG)
-    return binarize_and_train(
-        info["model"], info["data"], recipe, run, arch=info.get("arch"),
-        num_classes=info.get("num_classes"), pretrained=bool(info.get("pretrained")),
-        trust_pickle=bool(info.get("trust_pickle")),
-        replace_classifier=bool(info.get("replace_classifier")),
-        download=bool(info.get("download")), resume=True, **kwargs)
-

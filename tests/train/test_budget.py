@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-from irconvert.train import trainer as trainer_module
+from irconvert.train import budget as budget_module
 from irconvert.train.budget import epoch_seconds, fit_epochs, scale_stages
+from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.progress import PlainProgress
-from irconvert.train.trainer import Trainer, TrainingInterrupted, fit
+from irconvert.train.run import fit
+from irconvert.train.trainer import Trainer
 from tests.train.test_stages import STAGES
 from tests.train.test_trainer import _assert_same, _weights, make_model, tiny_data, tiny_recipe
 
@@ -69,7 +71,7 @@ def _fake_probe(loop_s: float, step_s: list[float], batches: int) -> float:
 def slow_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe times every training epoch at 60 s, every evaluation at 0 s;
     the check after each epoch (which would see the real, tiny epochs) is off."""
-    monkeypatch.setattr(trainer_module, "epoch_seconds", _fake_probe)
+    monkeypatch.setattr(budget_module, "epoch_seconds", _fake_probe)
     monkeypatch.setattr(Trainer, "_keep_to_budget", lambda self: None)
 
 
@@ -108,7 +110,7 @@ def test_resume_keeps_the_decision(tiny_data: str, tmp_path: Path,
     with pytest.raises(TrainingInterrupted):
         fit(make_model(), tiny_data, recipe, tmp_path / "cut", quiet=True, on_step=stop)
     # a machine ten times slower when resuming changes nothing: no new decision
-    monkeypatch.setattr(trainer_module, "epoch_seconds", lambda *a: 600.0)
+    monkeypatch.setattr(budget_module, "epoch_seconds", lambda *a: 600.0)
     fit(make_model(), tiny_data, recipe, tmp_path / "cut", quiet=True, resume=True)
     _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
     assert len(_rows(tmp_path / "cut")) == 3
@@ -127,7 +129,7 @@ def test_a_run_slower_than_timed_is_shortened_to_end_in_time(
         tiny_data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # timed at 0.1 s an epoch, all 10 fit in 6 s; the real epochs take over
     # 1.2 s (0.2 s a step), so after the first the run is cut to about 3
-    monkeypatch.setattr(trainer_module, "epoch_seconds", lambda *a: 0.1)
+    monkeypatch.setattr(budget_module, "epoch_seconds", lambda *a: 0.1)
     log = io.StringIO()
     result = fit(make_model(), tiny_data, tiny_recipe(epochs=10, budget_minutes=0.1),
                  tmp_path / "r", progress=PlainProgress(log),
@@ -145,7 +147,7 @@ def test_a_run_faster_than_timed_is_lengthened_early(
         tiny_data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # timed at 60 s an epoch, 3 of 10 fit; the first real epoch takes well
     # under a second, so the run takes all 10
-    monkeypatch.setattr(trainer_module, "epoch_seconds", _fake_probe)
+    monkeypatch.setattr(budget_module, "epoch_seconds", _fake_probe)
     log = io.StringIO()
     result = fit(make_model(), tiny_data, tiny_recipe(epochs=10, budget_minutes=3.5),
                  tmp_path / "r", progress=PlainProgress(log))

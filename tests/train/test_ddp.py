@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from irconvert.train.recipe import recipe_from_dict
-    from irconvert.train.trainer import fit
+    from irconvert.train.run import fit
     from tests.conftest import TinyNet
 
     recipe = recipe_from_dict({

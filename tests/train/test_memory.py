@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from irconvert.train import memory
-from irconvert.train.trainer import fit
+from irconvert.train.run import fit
 from tests.train.test_trainer import make_model, tiny_data, tiny_recipe  # noqa: F401
 
 # Allocate 64 MiB (above glibc's largest dynamic mmap threshold, 32 MiB) and

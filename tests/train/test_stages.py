@@ -11,8 +11,10 @@ import torch
 
 from irconvert.errors import ConfigError
 from irconvert.nn import IRLayer
+from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.recipe import recipe_from_dict
-from irconvert.train.trainer import Trainer, TrainingInterrupted, fit
+from irconvert.train.run import fit
+from irconvert.train.trainer import Trainer
 from tests.train.test_trainer import _assert_same, _weights, make_model, tiny_data, tiny_recipe
 
 __all__ = ["tiny_data"]  # the module-scoped fixture, shared with test_train
@@ -102,7 +104,7 @@ def test_plain_recipe_unchanged_by_stage_machinery(tiny_data: str, tmp_path: Pat
 
 
 def test_non_finite_loss_stops_with_one_line(tiny_data: str, tmp_path: Path) -> None:
-    from irconvert.train.trainer import TrainingDiverged
+    from irconvert.train.outcome import TrainingDiverged
 
     def poison(trainer: Trainer) -> None:
         if trainer.global_step == 7:  # inside epoch 2: epoch 1's last.pt must survive

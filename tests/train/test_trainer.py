@@ -13,8 +13,10 @@ from irconvert.checkpoint import load_checkpoint
 from irconvert.data.datasets import BadImageError
 from irconvert.errors import DataError
 from irconvert.nn import IRLayer
+from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.recipe import TrainConfig, recipe_from_dict
-from irconvert.train.trainer import Trainer, TrainingInterrupted, fit
+from irconvert.train.run import fit
+from irconvert.train.trainer import Trainer
 from tests._train_helpers import make_imagefolder
 from tests.conftest import TinyNet
 
