@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import Dataset
 
 from irconvert.atomic import write_text
+from irconvert.config.recipe_file import apply_overrides, load_recipe
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.data.loaders import images_as_uint8
 from irconvert.io import load_model
-from irconvert.train.recipe import apply_overrides, load_recipe
 from irconvert.train.run import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

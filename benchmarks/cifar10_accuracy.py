@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from irconvert.atomic import write_text
-from irconvert.train.recipe import apply_overrides, load_recipe
+from irconvert.config.recipe_file import apply_overrides, load_recipe
 from irconvert.train.run import binarize_and_train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -53,9 +53,9 @@ def _reference(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
         from irconvert.export.packed import describe_packed, load_packed
 
         return load_packed(source), dict(describe_packed(source).preprocessing or {})
-    from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
+    from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(source)
+    ckpt = load_run_checkpoint(source)
     return model_from_checkpoint(ckpt), {"normalization": ckpt.get("normalization")}
 
 

@@ -83,8 +83,8 @@ SETTINGS: dict[str, dict[str, bool]] = {
 
 def _loader(batch: int, device: torch.device) -> Any:
     """The trainer's in-memory path over random uint8 CIFAR-sized images."""
+    from irconvert.config import DataConfig
     from irconvert.data.loaders import GPUCachedLoader
-    from irconvert.train.recipe import DataConfig
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch * 8, 3, 32, 32), generator=gen, dtype=torch.uint8)

@@ -66,7 +66,6 @@ __all__ = [
     "find_checkpoint",
     "is_checkpoint",
     "is_run_dir",
-    "load_checkpoint",
     "load_resume_state",
     "load_run_checkpoint",
     "missing_run_file",
@@ -218,7 +217,6 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _supported(p, obj)
 
 
-load_checkpoint = load_run_checkpoint  # the older name
 
 
 def _supported(path: Path, obj: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from torch import nn
 
 from irconvert.checkpoint import RUN_OUTPUTS, atomic_save
 from irconvert.config import TrainConfig
+from irconvert.config.recipe_file import recipe_from_dict
 from irconvert.train.outcome import FitResult
-from irconvert.train.recipe import recipe_from_dict
 from irconvert.train.run import binarize_and_train
 
 __all__ = ["DEMO_RECIPE", "default_cache_dir", "demo_recipe", "run_demo", "train_float_model"]

@@ -1,7 +1,7 @@
 """The package's layers import only downwards, and no modules import each other.
 
 Low to high: the basics (errors, config, atomic) < functional < nn < models
-< convert, io, data, checkpoint < export, train, open_any < cli, demo and the
+< convert, io, data, checkpoint < export, train, evaluate < cli, demo and the
 package itself. A module may import its own layer and any lower one. Every import
 counts, including the lazy ones inside functions: they run too, and a
 cycle they hide shows up the first time that function is called.
@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "nn": 2,
     "models": 3,
     "convert": 4, "io": 4, "data": 4, "checkpoint": 4,
-    "export": 5, "train": 5, "open_any": 5,
+    "export": 5, "train": 5, "evaluate": 5,
     "cli": 6, "demo": 6, "__init__": 6, "__main__": 6,
 }
 
@@ -119,9 +119,9 @@ def test_the_checker_sees_lazy_and_relative_imports() -> None:
     tree = ast.parse(source)
     found = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert _resolve(found[0], "irconvert.nn.layers", False) == ["irconvert.cli.app"]
-    relative = ast.parse("from ..train import recipe\n").body[0]
+    relative = ast.parse("from ..train import budget\n").body[0]
     assert isinstance(relative, ast.ImportFrom)
-    assert _resolve(relative, "irconvert.data.loaders", False) == ["irconvert.train.recipe"]
+    assert _resolve(relative, "irconvert.data.loaders", False) == ["irconvert.train.budget"]
     # a name defined in a package's __init__ is an import of that __init__
     named = ast.parse("from irconvert.export import export_onnx\n").body[0]
     assert isinstance(named, ast.ImportFrom)

@@ -24,8 +24,8 @@ import yaml
 
 from irconvert.config import Section, TrainConfig
 from irconvert.config.base import _CHECK, _CHECKS, _SINGLE
+from irconvert.config.recipe_file import recipe_from_dict, yaml_loader
 from irconvert.errors import ConfigError
-from irconvert.train.recipe import recipe_from_dict, yaml_loader
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "recipes.md"

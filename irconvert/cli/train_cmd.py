@@ -97,7 +97,7 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
     """
     import yaml
 
-    from irconvert.train.recipe import yaml_loader
+    from irconvert.config.recipe_file import yaml_loader
 
     out: dict[str, Any] = {}
     for item in sets or []:
@@ -199,7 +199,7 @@ def binarize(
     """
     from irconvert.checkpoint import CONFIG, LAST, check_resumable, is_run_dir
     from irconvert.config import TrainConfig
-    from irconvert.train.recipe import apply_overrides, load_recipe
+    from irconvert.config.recipe_file import apply_overrides, load_recipe
     from irconvert.train.run import binarize_and_train, resume_run
 
     # epochs stays out until the route is decided: 0 selects post-training
@@ -365,7 +365,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Measure top-1/top-5 accuracy and loss of a model on a data set."""
-    from irconvert.open_any import evaluate_any
+    from irconvert.evaluate import evaluate_any
 
     m, s = _float_list(mean, "--mean"), _float_list(std, "--std")
     if (m is None) != (s is None):

@@ -4,14 +4,14 @@
   fields checked from their type hints, rules between fields, one-line
   ``field 'x.y' must be ..., got ...`` errors, dict round trips);
 * :mod:`irconvert.config.binarize`: :class:`BinarizeConfig`, :class:`EDEConfig`;
-* :mod:`irconvert.config.recipe`: :class:`TrainConfig` and its sections.
+* :mod:`irconvert.config.training`: :class:`TrainConfig` and its sections.
 
-Reading and writing recipe files is :mod:`irconvert.train.recipe`'s job.
+Reading and writing recipe files is :mod:`irconvert.config.recipe_file`'s job.
 """
 
 from irconvert.config.base import FieldError, Section, config_from_dict
 from irconvert.config.binarize import BinarizeConfig, EDEConfig
-from irconvert.config.recipe import (
+from irconvert.config.training import (
     DataConfig,
     DistillConfig,
     OptimizerConfig,

@@ -107,7 +107,7 @@ def export_checkpoint(
     Raises:
         ExportError, LoadError, ConversionError, MissingDependencyError: one-line reasons.
     """
-    from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
+    from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
     from irconvert.config import BinarizeConfig
     from irconvert.export.files import check_output
     from irconvert.export.freeze import binary_layers, freeze
@@ -141,7 +141,7 @@ def export_checkpoint(
     if _packed_source(src, fmt):
         frozen, metadata = _from_packed(src, input_size)
     else:
-        ckpt = load_checkpoint(src)
+        ckpt = load_run_checkpoint(src)
         model = model_from_checkpoint(ckpt)
         frozen = freeze(model)
         size_in = input_size or getattr(model, "irconvert_input_size", None)

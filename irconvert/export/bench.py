@@ -141,11 +141,11 @@ def build_comparison(src: str | os.PathLike[str], workdir: Path, *, data: str | 
     """
     import copy
 
-    from irconvert.checkpoint import load_checkpoint, model_from_checkpoint
+    from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
     from irconvert.convert import unbinarize_
     from irconvert.export.api import export_checkpoint
 
-    ckpt = load_checkpoint(src)
+    ckpt = load_run_checkpoint(src)
     model = model_from_checkpoint(ckpt)
     size = input_size or tuple(getattr(model, "irconvert_input_size", None) or DEFAULT_INPUT_SIZE)
     original = copy.deepcopy(model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from irconvert.config import TrainConfig
-from irconvert.train.recipe import load_recipe
+from irconvert.config.recipe_file import load_recipe
 
 __all__ = ["RECIPES_DIR", "default_recipe", "default_recipe_path"]
 

@@ -1,7 +1,7 @@
 """Evaluation: loss, top-1 and top-5 of a model (or any logits function) on a loader.
 
 Opening what a user points ``irconvert eval`` at (a run, an export, an
-original model) is :mod:`irconvert.open_any`'s job.
+original model) is :mod:`irconvert.evaluate`'s job.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def origin_of(path: str | os.PathLike[str]) -> tuple[dict[str, Any], TrainConfig
     obj = peek_checkpoint(p)  # None when not ours: the ordinary loader explains
     if obj is None or not isinstance(obj.get("origin"), dict):
         return None
-    from irconvert.train.recipe import recipe_from_dict
+    from irconvert.config.recipe_file import recipe_from_dict
 
     origin = dict(obj["origin"])
     model = Path(str(origin.get("model", "")))

@@ -12,13 +12,13 @@ from torch import nn
 from irconvert.checkpoint import CONFIG as RUN_CONFIG
 from irconvert.checkpoint import check_new_run, load_resume_state, read_run_dir
 from irconvert.config import TrainConfig
+from irconvert.config.recipe_file import load_recipe
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.errors import DataError
 from irconvert.models.heads import model_channels
 from irconvert.train.distributed import cleanup
 from irconvert.train.outcome import FitResult
 from irconvert.train.progress import Progress
-from irconvert.train.recipe import load_recipe
 from irconvert.train.trainer import Trainer
 
 __all__ = ["binarize_and_train", "fit", "resume_run"]

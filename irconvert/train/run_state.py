@@ -15,9 +15,9 @@ import contextlib
 from typing import Any
 
 from irconvert.checkpoint import atomic_save, new_checkpoint
+from irconvert.config.recipe_file import recipe_from_dict, save_recipe
 from irconvert.errors import IRConvertError, LoadError
 from irconvert.train.evaluate import EvalResult
-from irconvert.train.recipe import recipe_from_dict, save_recipe
 from irconvert.train.rng import get_rng_state, plain_rng_state, set_rng_state
 from irconvert.train.run_parts import RunParts
 

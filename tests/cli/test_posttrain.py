@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import irconvert
-from irconvert.checkpoint import load_checkpoint
+from irconvert.checkpoint import load_run_checkpoint
 from irconvert.cli import app
 from irconvert.models import build_model
 from tests.conftest import REPO
@@ -49,7 +49,7 @@ def test_binarize_without_data_writes_a_fresh_checkpoint(tmp_path: Path) -> None
     assert "not fine-tuned" in out and "near chance until it is fine-tuned" in out
     assert ("irconvert binarize cifar_resnet20 --data DATA --out runs/cifar_resnet20-1w1a\n"
             in out)
-    ckpt = load_checkpoint(first.parent)  # a folder with model.pt is a checkpoint too
+    ckpt = load_run_checkpoint(first.parent)  # a folder with model.pt is a checkpoint too
     assert ckpt["arch"] == "cifar_resnet20" and ckpt["binarize"]["act_bits"] == 1
     assert ckpt["posttrain"]["data"] is None and ckpt["origin"]["model"] == "cifar_resnet20"
 
@@ -107,7 +107,7 @@ def test_epochs_zero_calibrates_and_evaluates(
     assert "binary top-1 / top-5 (1W/1A, post-training)" in out
     assert (f"irconvert binarize {model} --arch digits_cnn --recipe {recipe} --data digits "
             "--out post") in out
-    ckpt = load_checkpoint(tmp_path / "post" / "model.pt")
+    ckpt = load_run_checkpoint(tmp_path / "post" / "model.pt")
     top1 = ckpt["posttrain"]["binary"]["top1"]
     assert f"{top1:.2f}%" in out and ckpt["classes"] == [str(i) for i in range(10)]
 
@@ -140,7 +140,7 @@ def test_python_api(tmp_path: Path, digits_model: tuple[Path, Path]) -> None:
     result = irconvert.post_train(str(model), tmp_path / "api.pt", arch="digits_cnn",
                                   recipe=irconvert.BinarizeConfig(act_bits=32))
     assert result.path == tmp_path / "api.pt" and result.binary is None
-    assert result.report.act_bits == 32 and load_checkpoint(result.path)["epoch"] == 0
+    assert result.report.act_bits == 32 and load_run_checkpoint(result.path)["epoch"] == 0
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -24,7 +24,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from irconvert.train.recipe import recipe_from_dict
+    from irconvert.config.recipe_file import recipe_from_dict
     from irconvert.train.run import fit
     from tests.conftest import TinyNet
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from irconvert.errors import ConfigError
-from irconvert.train.recipe import (
-    TrainConfig,
+from irconvert.config import TrainConfig
+from irconvert.config.recipe_file import (
     apply_overrides,
     load_recipe,
     recipe_from_dict,
     save_recipe,
 )
+from irconvert.errors import ConfigError
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -127,7 +127,7 @@ def test_overrides() -> None:
 
 
 def test_dataclasses_validate_on_creation() -> None:
-    from irconvert.train.recipe import OptimizerConfig
+    from irconvert.config import OptimizerConfig
 
     with pytest.raises(ConfigError, match="field 'lr' must be a positive number"):
         OptimizerConfig(lr=0)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from irconvert.config.recipe_file import recipe_from_dict
 from irconvert.errors import ConfigError
 from irconvert.nn import IRLayer
 from irconvert.train.outcome import TrainingInterrupted
-from irconvert.train.recipe import recipe_from_dict
 from irconvert.train.run import fit
 from irconvert.train.trainer import Trainer
 from tests.train.test_trainer import _assert_same, _weights, make_model, tiny_data, tiny_recipe

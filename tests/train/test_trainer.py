@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from irconvert.checkpoint import load_checkpoint
+from irconvert.checkpoint import load_run_checkpoint
+from irconvert.config.recipe_file import TrainConfig, recipe_from_dict
 from irconvert.data.datasets import BadImageError
 from irconvert.errors import DataError
 from irconvert.nn import IRLayer
 from irconvert.train.outcome import TrainingInterrupted
-from irconvert.train.recipe import TrainConfig, recipe_from_dict
 from irconvert.train.run import fit
 from irconvert.train.trainer import Trainer
 from tests._train_helpers import make_imagefolder
@@ -56,7 +56,7 @@ def test_fit_writes_run_dir_and_learns(tiny_data: str, tmp_path: Path) -> None:
         assert key in rows[0]
     assert rows[0]["t"] == pytest.approx(0.1) and rows[1]["t"] == pytest.approx(1.0)
     assert result.best_top1 > 40.0  # chance is 25 %
-    ckpt = load_checkpoint(run / "last.pt")
+    ckpt = load_run_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["recipe"]["epochs"] == 2
     assert {"optimizer", "scheduler", "rng", "metrics"} <= set(ckpt)
     assert any(k.endswith("ede_t") for k in ckpt["model"])
@@ -148,8 +148,8 @@ def test_refuses_to_overwrite_a_run(tiny_data: str, tmp_path: Path) -> None:
 
 
 def test_steps_schedule_warmup_and_milestones() -> None:
+    from irconvert.config import ScheduleConfig
     from irconvert.train.optim import lr_factor_fn
-    from irconvert.train.recipe import ScheduleConfig
 
     cfg = ScheduleConfig(name="step", unit="step", milestones=(10, 20), gamma=0.1, warmup=4,
                          warmup_start_lr=0.2)
@@ -253,7 +253,7 @@ def test_unreadable_images_can_be_skipped_and_counted(
                for line in logged), logged
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["skipped_images"] == 1
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["skipped_files"] == [str(bad)]
+    assert load_run_checkpoint(tmp_path / "run" / "last.pt")["skipped_files"] == [str(bad)]
 
 
 def test_a_failure_after_the_first_epoch_keeps_the_run(tiny_data: str, tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_a_failure_after_the_first_epoch_keeps_the_run(tiny_data: str, tmp_path:
                                         r"irconvert binarize .* --resume"):
         fit(make_model(), tiny_data, tiny_recipe(epochs=2), out, quiet=True, on_step=fail,
             evaluate_fp=False)
-    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert load_run_checkpoint(out / "last.pt")["epoch"] == 1
 
 
 def test_a_field_added_since_the_checkpoint_is_no_recipe_change(tiny_data: str,

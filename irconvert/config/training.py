@@ -1,6 +1,6 @@
 """The training recipe: :class:`TrainConfig` and its sections.
 
-A recipe file (YAML, see :mod:`irconvert.train.recipe`) is a mapping whose
+A recipe file (YAML, see :mod:`irconvert.config.recipe_file`) is a mapping whose
 keys are the fields of :class:`TrainConfig`; the nested sections
 (``optimizer``, ``schedule``, ``ede``, ``binarize``, ``data``, ``distill``,
 ``stages``) are mappings of their own. Run checkpoints keep the recipe as

@@ -2,7 +2,7 @@
 
 A recipe is a YAML mapping whose keys are the fields of
 :class:`~irconvert.config.TrainConfig` (the dataclasses live in
-:mod:`irconvert.config`, re-exported here). Every field is checked on load,
+:mod:`irconvert.config.training`). Every field is checked on load,
 and a bad one is reported as one line naming the file and the dotted field::
 
     recipes/x.yaml: field 'optimizer.lr' must be a positive number, got 'abc'
@@ -15,22 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from irconvert.config import (
-    DataConfig,
-    DistillConfig,
-    OptimizerConfig,
-    ScheduleConfig,
-    StageConfig,
     TrainConfig,
 )
 from irconvert.errors import ConfigError
 
 __all__ = [
-    "DataConfig",
-    "DistillConfig",
-    "OptimizerConfig",
-    "ScheduleConfig",
-    "StageConfig",
-    "TrainConfig",
     "apply_overrides",
     "load_recipe",
     "recipe_from_dict",
