@@ -12,7 +12,7 @@ from irconvert.cli.app import app
 # Imported for their side effect: each module adds its commands to ``app``, in
 # the order ``irconvert --help`` lists them.
 # isort: off
-from irconvert.cli import inspect_cmd, train_cmd, export_cmd  # noqa: F401
+from irconvert.cli import inspect_cmd, binarize_cmd, eval_cmd, demo_cmd, export_cmd  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -56,3 +56,12 @@ def binarize_config(
         keep_grouped=keep_grouped, keep_se=keep_se,
         block_transform=block_transform,  # type: ignore[arg-type]
     )
+
+# Options of the commands that read data and train.
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="imagefolder:PATH (train/ and val/ or test/ inside), cifar10:PATH, "
+    "cifar100:PATH, digits, or a folder.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no progress bars.")]
+SkipBad = Annotated[bool, typer.Option(
+    "--skip-bad-images", help="Leave unreadable image files (truncated, not an image) out "
+    "and count them, instead of stopping at the first one (recipe: data.bad_files).")]

@@ -1,4 +1,9 @@
-"""``irconvert binarize``, ``eval`` and ``demo``: fine-tuning and measuring accuracy."""
+"""``irconvert binarize``: convert a model, and fine-tune it or continue its run.
+
+The route (convert only, post-training, fine-tune, continue) is
+:func:`irconvert.train.route.plan_route`'s; this module parses the options,
+resolves the recipe, calls the library and prints.
+"""
 
 from __future__ import annotations
 
@@ -8,114 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from irconvert.cli._common import console, err_console, human_bytes, print_json, user_errors
-from irconvert.cli._tables import Column, print_table
+from irconvert.cli._common import console, err_console, user_errors
+from irconvert.cli._training import run_training
 from irconvert.cli.app import app
-from irconvert.cli.options import Arch, NumClasses, Pretrained, TrustPickle
-
-DataOpt = Annotated[str, typer.Option(
-    "--data", help="imagefolder:PATH (train/ and val/ or test/ inside), cifar10:PATH, "
-    "cifar100:PATH, digits, or a folder.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines, no progress bars.")]
-SkipBad = Annotated[bool, typer.Option(
-    "--skip-bad-images", help="Leave unreadable image files (truncated, not an image) out "
-    "and count them, instead of stopping at the first one (recipe: data.bad_files).")]
-
-
-def _float_list(value: str | None, name: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {value!r}",
-                                 param_hint=name) from None
-
-
-def _epochs_by_stage(history: list[dict[str, Any]], epochs: int) -> str:
-    """``30`` for a plain recipe; ``10 activations + 20 both`` for a staged one."""
-    counts: dict[str, int] = {}
-    for row in history:
-        key = f"{row.get('stage', '1')} ({row.get('binarize', 'both')})"
-        counts[key] = counts.get(key, 0) + 1
-    if len(counts) <= 1:
-        return str(epochs)
-    return f"{epochs}: " + " + ".join(f"{n} {key}" for key, n in counts.items())
-
-
-def render_summary(result: Any, quiet: bool) -> None:
-    """FP vs binary accuracy, sizes and wall time."""
-    report = result.report
-    final = result.final or {}
-    nan = float("nan")
-    fp = f"{result.fp_top1:.2f}%" if result.fp_top1 is not None else "n/a"
-    rows = [
-        ("full-precision top-1 (original)", fp),
-        (f"binary top-1 (1W/{report['act_bits']}A, best)", f"{result.best_top1:.2f}%"),
-        ("binary top-1 / top-5 (last epoch)",
-         f"{final.get('val_top1', nan):.2f}% / {final.get('val_top5', nan):.2f}%"),
-        ("binarized layers", f"{report['binarized_layers']} of {len(report['rows'])}"),
-        ("fp32 size", human_bytes(report["fp32_bytes"])),
-        ("size after packing", f"{human_bytes(report['packed_bytes'])} "
-                               f"({report['compression']:.1f}x smaller)"),
-        ("epochs", _epochs_by_stage(result.history, result.epochs) + (
-            f" (of {result.epochs_ceiling}: what fit the time budget)"
-            if getattr(result, "epochs_ceiling", None) else "")),
-        *([("unreadable images skipped", f"{len(result.skipped)} (named in the log)")]
-          if getattr(result, "skipped", None) else []),
-        ("wall time", f"{result.wall_time:.1f} s"),
-        ("run directory", str(result.run_dir)),
-    ]
-    if quiet:
-        for key, value in rows:
-            console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
-        return
-    print_table(console, "irconvert summary",
-                [Column("what"), Column("value", justify="right", wrap=True)],
-                [(key, escape(value)) for key, value in rows], show_header=False)
-
-
-def _run_training(call: Any, quiet: bool) -> None:
-    from irconvert.train.outcome import TrainingInterrupted
-
-    with user_errors():
-        try:
-            result = call()
-        except TrainingInterrupted as exc:
-            err_console.print(f"[bold yellow]interrupted:[/] {exc}", highlight=False,
-                              soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None  # 130 Ctrl-C, 143 SIGTERM
-    if result.run_dir is not None and _is_main():
-        render_summary(result, quiet)
-
-
-def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", ...]`` -> ``{"a.b": 1}``, values read as YAML scalars or lists.
-
-    Read like a recipe file, so ``lr=2e-3`` is a number there too (plain
-    YAML 1.1 reads it as a string).
-    """
-    import yaml
-
-    from irconvert.config.recipe_file import yaml_loader
-
-    out: dict[str, Any] = {}
-    for item in sets or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = yaml.load(raw, Loader=yaml_loader())
-        except yaml.YAMLError:
-            raise typer.BadParameter(f"{item!r}: the value is not valid YAML",
-                                     param_hint="--set") from None
-    return out
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
+from irconvert.cli.options import Arch, NumClasses, Pretrained, Quiet, SkipBad, TrustPickle
 
 
 @app.command()
@@ -197,9 +98,10 @@ def binarize(
     command that fine-tunes it. With --epochs 0: also re-estimate BatchNorm
     on --data and report the post-training accuracy.
     """
-    from irconvert.checkpoint import CONFIG, LAST, check_resumable, is_run_dir
+    from irconvert.checkpoint import CONFIG
     from irconvert.config import TrainConfig
     from irconvert.config.recipe_file import apply_overrides, load_recipe
+    from irconvert.train.route import RouteError, plan_route
     from irconvert.train.run import binarize_and_train, resume_run
 
     # epochs stays out until the route is decided: 0 selects post-training
@@ -209,35 +111,23 @@ def binarize(
                  "seed": seed, "workers": workers, "amp": amp,
                  "data.bad_files": "skip" if skip_bad_images else None}
     set_values = _parse_sets(sets)  # taken as given: --set distill=null means null
-    run_dir_given = is_run_dir(model)
-    if run_dir_given and not resume:
-        raise typer.BadParameter(f"{model} is a run directory; add --resume to continue it",
-                                 param_hint="MODEL")
-    post_training = not run_dir_given and (data is None or epochs == 0)
-    if resume:  # what is to be continued must be checked before --data and --out are
-        with user_errors():
-            if out is None or run_dir_given:
-                check_resumable(model)
-            else:
-                check_resumable(out, needs=(LAST,))
-    if resume and epochs == 0:
-        raise typer.BadParameter("0 (post-training) cannot continue a run; drop --resume",
-                                 param_hint="--epochs")
-    # a dry run writes nothing, so it needs no run directory
-    if not post_training and not run_dir_given and out is None and not dry_run:
-        raise typer.BadParameter("is required (the run directory to write)",
-                                 param_hint="--out")
-    if force and not post_training:
-        raise typer.BadParameter("applies without --data or with --epochs 0 (it replaces "
-                                 "model.pt); a run directory is never replaced",
-                                 param_hint="--force")
+    misfit: RouteError | None = None
+    with user_errors():  # a run to continue that cannot be is a library error
+        try:
+            route = plan_route(model, data=data, epochs=epochs, out=out, resume=resume,
+                               force=force, dry_run=dry_run)
+        except RouteError as exc:
+            misfit = exc
+    if misfit is not None:  # options that do not fit: a usage error, as click's own
+        raise typer.BadParameter(str(misfit), param_hint=misfit.option)
+    post_training = route.post_training
     load: dict[str, Any] = {"arch": arch, "num_classes": num_classes,
                             "pretrained": pretrained, "trust_pickle": trust_pickle}
     with user_errors():
-        if run_dir_given:
+        if route.kind == "continue":
             base = load_recipe(recipe or Path(model) / CONFIG)
             config = apply_overrides(base, {**overrides, "epochs": epochs}, set_values)
-            _run_training(lambda: resume_run(model, overrides=config, quiet=quiet), quiet)
+            run_training(lambda: resume_run(model, overrides=config, quiet=quiet), quiet)
             return
         model, load, base = _original_of(model, load)
         if recipe is not None:
@@ -258,9 +148,32 @@ def binarize(
             _dry_run(model, config, **load)
             return
     assert data is not None and out is not None
-    _run_training(lambda: binarize_and_train(
+    run_training(lambda: binarize_and_train(
         model, data, config, out, replace_classifier=replace_classifier, download=download,
         resume=resume, quiet=quiet, **load), quiet)
+
+
+def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}``, values read as YAML scalars or lists.
+
+    Read like a recipe file, so ``lr=2e-3`` is a number there too (plain
+    YAML 1.1 reads it as a string).
+    """
+    import yaml
+
+    from irconvert.config.recipe_file import yaml_loader
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            out[key.strip()] = yaml.load(raw, Loader=yaml_loader())
+        except yaml.YAMLError:
+            raise typer.BadParameter(f"{item!r}: the value is not valid YAML",
+                                     param_hint="--set") from None
+    return out
 
 
 def _default_recipe(model: str, load: dict[str, Any], act_bits: int | None,
@@ -337,74 +250,3 @@ def _dry_run(model: str, config: Any, *, arch: str | None, num_classes: int | No
     # soft_wrap: a long YAML line wrapped at 80 columns would no longer be YAML.
     console.print(yaml.safe_dump(config.to_dict(), sort_keys=False), highlight=False,
                   soft_wrap=True, markup=False)
-
-
-@app.command("eval")
-def eval_cmd(
-    path: Annotated[str, typer.Argument(
-        help="A run directory or run checkpoint (.pt), an export (.irc, .onnx, OpenVINO "
-        ".xml or folder), or an original model (anything 'binarize' takes).")],
-    data: DataOpt,
-    split: Annotated[str, typer.Option(
-        "--split", help="Evaluation split: auto (val/, else test/), val or test.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
-    = 256,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "cpu",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes.")]
-    = 0,
-    arch: Arch = None,
-    num_classes: NumClasses = None,
-    trust_pickle: TrustPickle = False,
-    mean: Annotated[str | None, typer.Option(
-        "--mean", help="Normalisation mean, e.g. 0.485,0.456,0.406 (default: recorded in "
-        "the run, else the model's own).")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Normalisation std.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", min=1, help="Evaluate an evenly spaced subset of this many images.")] = None,
-    skip_bad_images: SkipBad = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Measure top-1/top-5 accuracy and loss of a model on a data set."""
-    from irconvert.evaluate import evaluate_any
-
-    m, s = _float_list(mean, "--mean"), _float_list(std, "--std")
-    if (m is None) != (s is None):
-        raise typer.BadParameter("give both --mean and --std, or neither", param_hint="--mean")
-    with user_errors():
-        result = evaluate_any(path, data, split=split, batch_size=batch_size, device=device,
-                              workers=workers, arch=arch, num_classes=num_classes,
-                              trust_pickle=trust_pickle, mean=m, std=s, limit=limit,
-                              bad_files="skip" if skip_bad_images else "stop")
-    for note in result.get("notes", []):
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    if as_json:
-        print_json(result)
-        return
-    console.print(f"{path} on {result['data']} ({result['split']}, {result['images']} images): "
-                  f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-                  f"loss {result['loss']:.4f}", highlight=False, soft_wrap=True)
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="Run directory (replaced).")]
-    = Path("runs/demo"),
-    cache_dir: Annotated[Path | None, typer.Option(
-        "--cache-dir", help="Where the trained full-precision model is cached "
-        "(default ~/.cache/irconvert).")] = None,
-    epochs: Annotated[int | None, typer.Option(
-        "--epochs", min=1, help="Fine-tuning epochs (default 20).")] = None,
-    fp_epochs: Annotated[int, typer.Option(
-        "--fp-epochs", min=1, help="Epochs of the full-precision training (cached).")] = 15,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, auto.")] = "cpu",
-    quiet: Quiet = False,
-) -> None:
-    """Run the whole pipeline offline on scikit-learn's 8x8 digits.
-
-    Trains a small full-precision CNN once (cached), binarizes it (1W/1A),
-    fine-tunes it with the EDE schedule and prints FP vs binary accuracy.
-    """
-    from irconvert.demo import run_demo
-
-    _run_training(lambda: run_demo(out, cache_dir=cache_dir, epochs=epochs, quiet=quiet,
-                                   device=device, fp_epochs=fp_epochs), quiet)
