@@ -16,7 +16,8 @@ from irconvert.export.bits import pack_signs, unpack_signs
 from irconvert.export.freeze import FrozenBinaryConv2d, FrozenBinaryLinear, freeze
 from irconvert.export.onnx_export import export_onnx
 from irconvert.export.openvino_export import export_openvino
-from irconvert.export.packed import PackedSize, describe_packed, load_packed, save_packed
+from irconvert.export.packed import describe_packed, load_packed, save_packed
+from irconvert.export.packed_file import PackedSize
 from irconvert.export.runtime import Predictor, load_predictor
 
 __all__ = [

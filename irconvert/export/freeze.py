@@ -40,6 +40,7 @@ __all__ = [
     "FrozenBinaryConv2d",
     "FrozenBinaryLayer",
     "FrozenBinaryLinear",
+    "as_frozen",
     "binary_layers",
     "freeze",
     "freeze_layer",
@@ -345,3 +346,13 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in new.parameters():
         p.requires_grad_(False)
     return new
+
+
+def as_frozen(model: nn.Module) -> nn.Module:
+    """``model`` when it is frozen already, else :func:`freeze` of it (a copy).
+
+    Every exporter takes either a model converted by :func:`irconvert.binarize_`
+    (IR-Net layers, frozen here) or an already frozen one (an ``.irc`` loaded).
+    """
+    has_ir = any(isinstance(m, IRLayer) for m in model.modules())
+    return freeze(model) if has_ir or not binary_layers(model) else model

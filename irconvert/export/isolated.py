@@ -2,7 +2,7 @@
 
 An inference engine is native code: a bug in it (OpenVINO's CPU plugin has
 crashed on some graph patterns, see
-:data:`irconvert.export.openvino_export.CRASHING_PRODUCERS`) kills the
+:data:`irconvert.export.openvino_graph.CRASHING_PRODUCERS`) kills the
 process with a signal, taking the user's command, its message and any
 half-done work with it. Running the model once in a separate interpreter
 first turns that into a :class:`~irconvert.errors.ExportError` naming the

@@ -44,7 +44,7 @@ from torch import nn
 
 from irconvert.errors import ExportError, MissingDependencyError
 from irconvert.export.files import atomic_file, check_output
-from irconvert.export.freeze import FrozenBinaryLayer, binary_layers, freeze
+from irconvert.export.freeze import FrozenBinaryLayer, as_frozen, binary_layers
 from irconvert.export.meta import ONNX_KEY, check_metadata, encode_metadata
 from irconvert.export.sign_names import binary_call_order, name_signs
 
@@ -76,17 +76,11 @@ def example_input(model: nn.Module, input_size: tuple[int, ...] | None = None,
 
 
 def _prepare(model: nn.Module, packed: bool) -> nn.Module:
-    frozen = freeze(model) if not binary_layers(model) or _has_ir(model) else model
+    frozen = as_frozen(model)
     layer: FrozenBinaryLayer
     for layer in binary_layers(frozen).values():
         layer.use_packed_(packed)
     return frozen.eval()
-
-
-def _has_ir(model: nn.Module) -> bool:
-    from irconvert.nn import IRLayer
-
-    return any(isinstance(m, IRLayer) for m in model.modules())
 
 
 def _reason(exc: BaseException) -> str:

@@ -55,12 +55,9 @@ defaults (no thresholds, Hardtanh).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +71,25 @@ from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import (
     FrozenBinaryLayer,
     _set_submodule,
+    as_frozen,
     binary_layers,
-    freeze,
     layer_from_config,
     scales_of,
 )
 from irconvert.export.meta import IRC_KEY, check_metadata, decode_metadata, encode_metadata
+from irconvert.export.packed_file import (
+    AGAIN,
+    DIGEST_KEY,
+    PackedInfo,
+    PackedSize,
+    TensorRow,
+    payload_digest,
+    read_header,
+)
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "PackedInfo",
-    "PackedSize",
-    "TensorRow",
     "describe_packed",
     "load_packed",
     "open_packed",
@@ -94,72 +97,12 @@ __all__ = [
 ]
 
 FORMAT = "irconvert-packed"
-DIGEST_KEY = "sha256"
 FORMAT_VERSION = 2
 _PLAIN_VERSION = 1  # what a file without thresholds or RPReLU is written as
 # BinarizeConfig fields that version 1 files never hold, with their defaults.
 _V2_FIELDS: dict[str, Any] = {"act_threshold": False, "block_act": "hardtanh"}
 _DROPPED = ("num_batches_tracked", "ede_t", "ede_k")
 _BITS, _EXP, _PARAMS = "bits", "exponents", "params"
-
-
-@dataclass
-class PackedSize:
-    """Size accounting of a ``.irc`` file, in bytes.
-
-    ``theoretical`` is the least any file can hold: 1 bit per binary weight
-    (rounded up to a byte per layer), one int8 exponent per binary output
-    channel, every other tensor at its own width (fp32), plus the metadata.
-    ``index`` is what safetensors adds (tensor names, dtypes, offsets, the
-    8-byte header length and alignment padding).
-    """
-
-    bits: int = 0
-    exponents: int = 0
-    floats: int = 0
-    metadata: int = 0
-    index: int = 0
-
-    @property
-    def payload(self) -> int:
-        return self.bits + self.exponents + self.floats
-
-    @property
-    def theoretical(self) -> int:
-        return self.payload + self.metadata
-
-    @property
-    def actual(self) -> int:
-        return self.theoretical + self.index
-
-    @property
-    def overhead(self) -> float:
-        """``actual / theoretical - 1`` (0.01 is 1 % above the minimum)."""
-        return self.actual / self.theoretical - 1 if self.theoretical else 0.0
-
-
-@dataclass
-class TensorRow:
-    name: str
-    dtype: str
-    shape: list[int]
-    nbytes: int
-
-
-@dataclass
-class PackedInfo:
-    """What :func:`describe_packed` reads from a ``.irc`` file."""
-
-    path: str
-    arch: str
-    num_classes: int
-    format_version: int
-    binarize: dict[str, Any]
-    layers: dict[str, dict[str, Any]]
-    tensors: list[TensorRow] = field(default_factory=list)
-    size: PackedSize = field(default_factory=PackedSize)
-    preprocessing: dict[str, Any] | None = None
-    sha256: str | None = None  # the stored digest (checked on load); None in older files
 
 
 def _tensors_and_meta(
@@ -277,113 +220,19 @@ def save_packed(
         raise ExportError("the packed format rebuilds the model by architecture name, "
                           "and this model has none; export to onnx or openvino instead")
     preprocessing = check_metadata(metadata)
-    frozen = model if binary_layers(model) and not _has_ir(model) else freeze(model)
+    frozen = as_frozen(model)
     _check_config(frozen, config)
     tensors, meta = _tensors_and_meta(frozen, arch, num_classes, config, preprocessing)
     with atomic_file(out) as tmp:
         # the digest covers the tensor index, which safetensors makes: write,
         # hash, write again with the digest (the tensor bytes stay the same)
         save_file(tensors, str(tmp), metadata=meta)
-        length, header = _read_header(tmp, verify=False)
+        length, header = read_header(tmp, verify=False)
         with tmp.open("rb") as fh:
             fh.seek(8 + length)
             digest = payload_digest(header, fh.read())
         save_file(tensors, str(tmp), metadata={**meta, DIGEST_KEY: digest})
     return describe_packed(out).size
-
-
-def payload_digest(header: dict[str, Any], data: bytes) -> str:
-    """sha256 of a ``.irc`` header (less its own digest) and its tensor bytes."""
-    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != DIGEST_KEY}
-    head = {**header, "__metadata__": meta}
-    h = hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
-    h.update(data)
-    return h.hexdigest()
-
-
-def _has_ir(model: nn.Module) -> bool:
-    from irconvert.nn import IRLayer
-
-    return any(isinstance(m, IRLayer) for m in model.modules())
-
-
-# Bytes per element of the safetensors dtypes a packed file can hold.
-_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_MAX_HEADER = 100_000_000  # safetensors' own limit
-_AGAIN = "export it again, or copy it again if it was copied"
-
-
-def _read_header(path: Path, *, verify: bool = True) -> tuple[int, dict[str, Any]]:
-    """The safetensors header of ``path``, checked against the file's size and digest.
-
-    Every way a file can be damaged (empty, cut short, not safetensors at all,
-    a header whose tensors do not fit the bytes that follow it) is a one-line
-    LoadError naming the file, before any reader trusts an offset in it.
-    """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            prefix = fh.read(9)
-            if size == 0:
-                raise LoadError(f"{path}: empty file (0 bytes), not an .irc model; {_AGAIN}")
-            (length,) = struct.unpack("<Q", prefix[:8]) if size >= 8 else (0,)
-            if size < 9 or prefix[8:9] != b"{" or length > _MAX_HEADER:
-                if prefix.startswith(b"PK\x03\x04") or prefix[:1] == b"\x80":
-                    raise LoadError(f"{path}: not an .irc file but a PyTorch checkpoint "
-                                    "(torch.save); `irconvert export --format packed` makes "
-                                    "an .irc from a run checkpoint")
-                raise LoadError(f"{path}: not an .irc file (no safetensors header; "
-                                "`irconvert export --format packed` writes them)")
-            if length > size - 8:
-                raise LoadError(f"{path}: truncated ({size:,} bytes; its header alone needs "
-                                f"{length + 8:,}); {_AGAIN}")
-            fh.seek(8)
-            raw = fh.read(length)
-    except OSError as exc:
-        raise LoadError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        raise LoadError(f"{path}: damaged .irc file (its header is not valid JSON); {_AGAIN}")
-    _check_extents(path, header, size, 8 + length)
-    meta = header.get("__metadata__")
-    stored = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
-    if verify and stored is not None:
-        with path.open("rb") as fh:
-            fh.seek(8 + length)
-            if payload_digest(header, fh.read()) != stored:
-                raise LoadError(f"{path}: damaged .irc file (its sha256 digest does not match "
-                                f"its contents: bytes changed after it was written); {_AGAIN}")
-    return length, header
-
-
-def _check_extents(path: Path, header: dict[str, Any], size: int, data_start: int) -> None:
-    """Every tensor's offsets lie in the file, sized as its dtype and shape say."""
-    data_bytes = size - data_start
-    end_max = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = (int(v) for v in entry["data_offsets"])
-            shape = [int(d) for d in entry["shape"]]
-            itemsize = _ITEMSIZE[entry["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise LoadError(f"{path}: damaged .irc file (bad index entry for tensor "
-                            f"{name!r}); {_AGAIN}") from None
-        if not 0 <= start <= end or end - start != itemsize * math.prod(shape):
-            raise LoadError(f"{path}: damaged .irc file (tensor {name!r} has offsets "
-                            f"that do not match its shape); {_AGAIN}")
-        end_max = max(end_max, end)
-    if end_max > data_bytes:
-        raise LoadError(f"{path}: truncated ({size:,} bytes; its header says "
-                        f"{data_start + end_max:,}); {_AGAIN}")
-    if end_max < data_bytes:
-        raise LoadError(f"{path}: damaged .irc file ({data_bytes - end_max:,} bytes after "
-                        f"the last tensor); {_AGAIN}")
 
 
 def _check_layers(path: Path, layers: Any, params: Any) -> None:
@@ -396,7 +245,7 @@ def _check_layers(path: Path, layers: Any, params: Any) -> None:
         for p in params)
     if not ok:
         raise LoadError(f"{path}: damaged packed-model metadata (layer or parameter "
-                        f"index); {_AGAIN}")
+                        f"index); {AGAIN}")
 
 
 def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
@@ -414,7 +263,7 @@ def describe_packed(path: str | os.PathLike[str]) -> PackedInfo:
         raise LoadError(f"{p}: a directory, not an .irc file")
     if not p.is_file():
         raise LoadError(f"{p}: no such file")
-    _, header = _read_header(p)
+    _, header = read_header(p)
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LoadError(f"{p}: not an irconvert packed model (no '{FORMAT}' marker)")
@@ -493,8 +342,8 @@ def open_packed(path: str | os.PathLike[str]) -> tuple[nn.Module, PackedInfo]:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except Exception as exc:  # SafetensorError, OSError: the header checks passed, the rest did not
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise LoadError(f"{path}: damaged .irc file ({first}); {_AGAIN}") from None
-    meta_params: list[list[Any]] = json.loads(_read_header(Path(path))[1]["__metadata__"]["params"])
+        raise LoadError(f"{path}: damaged .irc file ({first}); {AGAIN}") from None
+    meta_params: list[list[Any]] = json.loads(read_header(Path(path))[1]["__metadata__"]["params"])
     try:
         bits, exps, flat = tensors.pop(_BITS), tensors.pop(_EXP), tensors.pop(_PARAMS)
         state = _split_params(flat, meta_params)

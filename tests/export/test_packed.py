@@ -201,12 +201,18 @@ def test_damaged_metadata_names_the_file(tmp_path: Path, packed_bytes: bytes) ->
         "layers": ("{\"layer1.0.conv1\": {\"kind\": \"conv2d\"}}", "layer or parameter"),
         "format_version": ("two", "format_version"),
     }
+    # without a digest (files of older versions): each field's own check speaks
+    undigested = {k: v for k, v in stored.items() if k != "sha256"}
     for key, (value, needle) in cases.items():
         bad = tmp_path / f"bad-{key}.irc"
-        save_file(tensors, str(bad), metadata={**stored, key: value})
+        save_file(tensors, str(bad), metadata={**undigested, key: value})
         with pytest.raises(LoadError, match=needle) as err:
             load_packed(bad)
         assert str(err.value).startswith(f"{bad}: "), err.value
+        # with the digest it was written with, the change itself is the error
+        save_file(tensors, str(bad), metadata={**stored, key: value})
+        with pytest.raises(LoadError, match="sha256 digest does not match"):
+            load_packed(bad)
     assert meta.arch == "cifar_resnet20"
 
 

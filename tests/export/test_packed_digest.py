@@ -12,13 +12,8 @@ from typer.testing import CliRunner
 import irconvert
 from irconvert.cli import app
 from irconvert.errors import LoadError
-from irconvert.export.packed import (
-    DIGEST_KEY,
-    describe_packed,
-    load_packed,
-    payload_digest,
-    save_packed,
-)
+from irconvert.export.packed import describe_packed, load_packed, save_packed
+from irconvert.export.packed_file import DIGEST_KEY, payload_digest
 from irconvert.models import build_model
 
 

@@ -129,7 +129,7 @@ def test_the_check_fails_when_a_subnormal_threshold_is_flushed(
         frozen: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # What the exports did before: OpenVINO's converter reads the subnormal as
     # 0, and every ReLU zero of such a channel turns +1.
-    monkeypatch.setattr(ovx, "normal_thresholds", lambda model: model)
+    monkeypatch.setattr(ovx, "normal_thresholds", lambda model: model)  # the bug, put back
     ovx.export_openvino(frozen, tmp_path / "ov", input_size=SIZE, check=False)
     report = check_parity(frozen, tmp_path / "ov", inputs())
     assert not report.ok

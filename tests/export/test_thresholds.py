@@ -24,7 +24,7 @@ from irconvert.export.freeze import (
     freeze_layer,
     layer_from_config,
 )
-from irconvert.export.openvino_export import fq_thresholds
+from irconvert.export.openvino_graph import fq_thresholds
 from irconvert.export.packed import describe_packed, load_packed, save_packed
 from irconvert.export.runtime import load_predictor
 from irconvert.models import build_model
