@@ -213,8 +213,23 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     # user's own checkpoint (weights-only: a run checkpoint never needs code).
     obj = read_checkpoint(p)
     if not is_checkpoint(obj):
+        if _holds_weights(obj):
+            raise LoadError(f"{p}: a full-precision model, not a binarized run; binarize it "
+                            f"first (irconvert binarize {p} --data DATA --out RUN, or "
+                            "without --data to convert only), then export the run")
         raise LoadError(f"{p}: not an irconvert run checkpoint (no 'format' marker)")
     return _supported(p, obj)
+
+
+def _holds_weights(obj: Any) -> bool:
+    """Whether ``obj`` looks like a model's weights: a state_dict, or a dict holding one."""
+    from irconvert.io.checkpoint_file import CONTAINER_KEYS
+
+    if not isinstance(obj, dict):
+        return isinstance(obj, nn.Module)
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return True
+    return any(isinstance(obj.get(key), dict | nn.Module) for key in CONTAINER_KEYS)
 
 
 
@@ -278,4 +293,8 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str]) -> nn.M
     except RuntimeError as exc:
         raise LoadError(f"checkpoint weights do not fit {arch}: "
                         f"{str(exc).splitlines()[0]}") from None
+    if data.get("input_size"):  # what the run evaluated on: exports trace at that size
+        # a plain attribute (nn.Module's __setattr__ types it as Tensor | Module)
+        object.__setattr__(model, "irconvert_input_size",
+                           tuple(int(d) for d in data["input_size"]))
     return model.eval()

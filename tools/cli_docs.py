@@ -18,9 +18,13 @@ from irconvert.cli import app
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 INTRO = """
 Generated from the command line by `python tools/cli_docs.py`; a test fails
-when it is stale. Every command prints one line and exits non-zero on an error
-a user can cause (exit 1; 2 for internal errors); `--debug` shows the
-traceback. `irconvert COMMAND --help` prints the same text.
+when it is stale. Every command prints one line on an error, and its exit
+code says whose it is: **1** for a problem with what was given (a missing or
+damaged file, bad data, a bad recipe value), **2** for a usage error (an
+option that does not parse, or does not fit the others: click's convention),
+**3** for an internal error (a bug in irconvert: `--debug` shows the
+traceback, please report it), 130 or 143 for Ctrl-C or SIGTERM.
+`irconvert COMMAND --help` prints the same text.
 
 A damaged input is named with what is wrong with it: a truncated or empty
 `.irc`, `.pt` or `.onnx`, an OpenVINO folder without its `model.bin`, an

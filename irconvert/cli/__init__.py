@@ -13,6 +13,7 @@ from irconvert.cli.app import app
 # the order ``irconvert --help`` lists them.
 # isort: off
 from irconvert.cli import inspect_cmd, binarize_cmd, eval_cmd, demo_cmd, export_cmd  # noqa: F401
+from irconvert.cli import recipes_cmd  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from irconvert.errors import IRConvertError
 
@@ -25,7 +26,7 @@ def set_debug(value: bool) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn library errors into one red line and exit code 1 (2 for bugs).
+    """Turn library errors into one red line and exit code 1 (3 for bugs; 2 is usage).
 
     ``--debug`` lets the traceback through instead.
     """
@@ -36,17 +37,19 @@ def user_errors() -> Iterator[None]:
     except IRConvertError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: "pip install 'irconvert[onnx]'" is not console markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(1) from None
     except Exception as exc:
         if _state["debug"]:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {first} "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(first)} "
             "(run with --debug for the traceback)", highlight=False, soft_wrap=True,
         )
-        raise typer.Exit(2) from None
+        raise typer.Exit(3) from None  # 2 is click's usage error
 
 
 def print_json(data: Any) -> None:

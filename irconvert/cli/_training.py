@@ -31,11 +31,16 @@ def render_summary(result: Any, quiet: bool) -> None:
     final = result.final or {}
     nan = float("nan")
     fp = f"{result.fp_top1:.2f}%" if result.fp_top1 is not None else "n/a"
+    amp = getattr(result, "amp", "none")
+    # a bf16 evaluation is not the deployable figure: say so beside it
+    how = f", {amp} evaluation" if amp not in ("none", None) else ""
     rows = [
         ("full-precision top-1 (original)", fp),
-        (f"binary top-1 (1W/{report['act_bits']}A, best)", f"{result.best_top1:.2f}%"),
-        ("binary top-1 / top-5 (last epoch)",
+        (f"binary top-1 (1W/{report['act_bits']}A, best{how})", f"{result.best_top1:.2f}%"),
+        (f"binary top-1 / top-5 (last epoch{how})",
          f"{final.get('val_top1', nan):.2f}% / {final.get('val_top5', nan):.2f}%"),
+        *([("fp32 (exports, eval)", f"irconvert eval {result.run_dir}/best.pt --data ... "
+            "gives the figure the exports reproduce")] if how else []),
         ("binarized layers", f"{report['binarized_layers']} of {len(report['rows'])}"),
         ("fp32 size", human_bytes(report["fp32_bytes"])),
         ("size after packing", f"{human_bytes(report['packed_bytes'])} "

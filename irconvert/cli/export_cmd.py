@@ -76,6 +76,7 @@ def export(
                                     opset=opset, input_size=size, int8=int8, data=data,
                                     calib_images=calib_images, batch=batch)
     console.print(key_value_grid([
+        ("from", escape(summary.source)),
         ("wrote", escape(f"{summary.path} ({summary.format})")),
         ("size", f"{human_bytes(summary.bytes)} ({summary.bytes:,} bytes)"),
         ("binary layers", str(summary.binary_layers)),
@@ -127,6 +128,13 @@ def bench(
         raise typer.BadParameter("give exported model PATHS or --from CHECKPOINT (one of them)")
     if src is None and (data is not None or keep is not None):
         raise typer.BadParameter("--data and --keep go with --from", param_hint="--data")
+    from irconvert.checkpoint import is_run_dir
+
+    for path in paths or []:  # a run is what --from takes, not PATHS
+        if path.suffix in (".pt", ".pth") or is_run_dir(path):
+            raise typer.BadParameter(f"{path} is a run checkpoint, not an exported model; "
+                                     f"bench --from {path} exports it every way and compares "
+                                     "them side by side", param_hint="PATHS")
     notes: list[str] = []
     with user_errors(), tempfile.TemporaryDirectory(prefix="irconvert-bench-") as tmp:
         if src is not None:

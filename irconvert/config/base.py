@@ -17,6 +17,7 @@ so recipes (YAML) and checkpoints can hold it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import types
@@ -204,7 +205,9 @@ def build(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown field {_join(where, unknown[0])!r}; "
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1, cutoff=0.6)
+        hint = f"did you mean {_join(where, close[0])!r}? " if close else ""
+        raise ConfigError(f"unknown field {_join(where, unknown[0])!r}; {hint}"
                           f"allowed: {', '.join(sorted(fields))}")
     hints = _hints(cls)
     kwargs = {key: _check(_join(where, key), hints[key], value, fields[key].metadata)

@@ -10,6 +10,7 @@ and a bad one is reported as one line naming the file and the dotted field::
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,13 @@ from irconvert.config import (
 from irconvert.errors import ConfigError
 
 __all__ = [
+    "SHIPPED_RECIPES",
     "apply_overrides",
+    "find_recipe",
     "load_recipe",
     "recipe_from_dict",
     "save_recipe",
+    "shipped_recipes",
     "yaml_loader",
 ]
 
@@ -45,17 +49,48 @@ def recipe_from_dict(data: dict[str, Any], source: str = "") -> TrainConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+# The recipes irconvert ships, inside the package (``recipes/`` in a checkout
+# is a link to it), so that an installed irconvert finds them by name.
+SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the shipped recipes (file stems), sorted."""
+    return sorted(p.stem for p in SHIPPED_RECIPES.glob("*.yaml"))
+
+
+def find_recipe(spec: str | os.PathLike[str]) -> Path:
+    """The recipe file ``spec`` means: a path, or a shipped recipe's name.
+
+    A name works with or without ``.yaml`` and with a ``recipes/`` prefix
+    (as the docs write it), from any directory.
+
+    Raises:
+        ConfigError: neither; the message lists the shipped names.
+    """
+    p = Path(spec)
+    if p.is_file():
+        return p
+    name = p.name[: -len(p.suffix)] if p.suffix in (".yaml", ".yml") else p.name
+    shipped = SHIPPED_RECIPES / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = shipped_recipes()
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"{spec}: recipe file not found, nor a shipped recipe; {hint}"
+                      f"shipped: {', '.join(names)} ('irconvert recipes' lists them)")
+
+
 def load_recipe(path: str | os.PathLike[str]) -> TrainConfig:
-    """Read and validate a YAML recipe file.
+    """Read and validate a YAML recipe file (a path, or a shipped recipe's name).
 
     Raises:
         ConfigError: the file is missing, not YAML, or a field is invalid.
     """
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+    p = find_recipe(path)
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=yaml_loader())
     except yaml.YAMLError as exc:

@@ -212,6 +212,12 @@ def _imagefolder(root: Path, split: str, mode: str) -> tuple[Dataset[Any] | None
             ImageFiles(val, mode), list(val.classes), val_dir.name)
 
 
+def _looks_like_imagefolder(root: Path) -> bool:
+    """``root/train/<class>/`` folders: what ``imagefolder:`` reads."""
+    train = root / "train"
+    return train.is_dir() and any(child.is_dir() for child in train.iterdir())
+
+
 def _cifar(kind: str, root: Path, mode: str, download: bool) -> tuple[Dataset[Any], Dataset[Any],
                                                                         list[str]]:
     from torchvision import datasets
@@ -221,6 +227,10 @@ def _cifar(kind: str, root: Path, mode: str, download: bool) -> tuple[Dataset[An
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except RuntimeError as exc:
+        if _looks_like_imagefolder(root):
+            raise DataError(f"{kind}:{root}: no {kind} batch files there, but it looks like "
+                            f"an image folder (train/ with a folder per class); use "
+                            f"--data imagefolder:{root}") from None
         hint = "" if download else " (pass --download to fetch it)"
         raise DataError(f"{kind}:{root}: {str(exc).splitlines()[0]}{hint}") from None
     except OSError as exc:

@@ -28,6 +28,22 @@ class ExportSummary:
     details: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
+    source: str = ""  # the file exported: a run folder's best.pt, last.pt or model.pt
+
+
+# What each format's file is called: the runtime (eval, bench) tells them by it.
+_SUFFIXES = {"packed": (".irc",), "onnx": (".onnx",), "openvino": ("", ".xml")}
+
+
+def _check_suffix(target: Path, fmt: str) -> None:
+    """Refuse an output name that another format's file would have (an ONNX ``.irc``)."""
+    suffix = target.suffix.lower()
+    if suffix in _SUFFIXES[fmt] or (fmt == "openvino" and target.is_dir()):
+        return
+    want = {"packed": "NAME.irc", "onnx": "NAME.onnx", "openvino": "a folder or NAME.xml"}
+    raise ExportError(f"{target}: --format {fmt} writes {want[fmt]}, not a {suffix or 'plain'} "
+                      f"file (eval and bench tell formats by their names); use --out "
+                      f"{target.with_suffix(_SUFFIXES[fmt][0] or '')}")
 
 
 def _packed_source(src: str | os.PathLike[str], fmt: str) -> bool:
@@ -107,6 +123,38 @@ def export_checkpoint(
     Raises:
         ExportError, LoadError, ConversionError, MissingDependencyError: one-line reasons.
     """
+    from irconvert.checkpoint import find_checkpoint
+    from irconvert.errors import LoadError
+
+    try:
+        origin = str(src) if _is_export(src) else str(find_checkpoint(src))
+    except LoadError:
+        origin = str(src)  # the export below says what is wrong with it
+    summary = _export(src, fmt, out, force=force, onnx_packed=onnx_packed, opset=opset,
+                      input_size=input_size, int8=int8, data=data,
+                      calib_images=calib_images, batch=batch)
+    summary.source = origin
+    return summary
+
+
+def _is_export(src: str | os.PathLike[str]) -> bool:
+    from irconvert.errors import LoadError
+    from irconvert.export.runtime import detect_format
+
+    try:
+        detect_format(src)
+    except LoadError:
+        return False
+    return True
+
+
+def _export(
+    src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
+    onnx_packed: bool = False, opset: int | None = None,
+    input_size: tuple[int, ...] | None = None, int8: bool | None = None,
+    data: str | None = None, calib_images: int = 256, batch: int | None = None,
+) -> ExportSummary:
+    """``export_checkpoint`` without the record of which file was read."""
     from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
     from irconvert.config import BinarizeConfig
     from irconvert.export.files import check_output
@@ -132,6 +180,7 @@ def export_checkpoint(
         raise ExportError(f"--calib-images must be at least 1, not {calib_images}")
     use_int8 = data is not None and int8 is not False
     target = Path(out)
+    _check_suffix(target, fmt)
     check_output(target, force, directory=fmt == "openvino" and target.suffix != ".xml")
     if fmt == "openvino":  # fail on a missing engine before the slow part
         from irconvert.export.openvino_export import import_openvino

@@ -149,7 +149,8 @@ def to_onnx_bytes(
                 proto = onnx.load_from_string(buf.getvalue())
     except ModuleNotFoundError as exc:
         raise MissingDependencyError(
-            f"ONNX export needs {exc.name}; pip install 'irconvert[onnxruntime]'") from None
+            f"ONNX export needs {exc.name}, which irconvert depends on; reinstall it: "
+            f"pip install {exc.name}") from None
     except ExportError:
         raise
     except Exception as exc:

@@ -92,7 +92,9 @@ def _classes_of(state_dict: Mapping[str, Tensor]) -> int | None:
 def _check_classes(found: int | None, asked: int | None) -> None:
     if asked is not None and found is not None and asked != found:
         raise LoadError(f"the checkpoint has {found} classes, --num-classes says {asked}; "
-                        "drop --num-classes or pass the matching checkpoint")
+                        "drop --num-classes (to train a new classifier for data with "
+                        f"another number of classes, pass --replace-classifier instead) "
+                        "or pass the matching checkpoint")
 
 
 def _finish(model: nn.Module) -> nn.Module:

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from irconvert.config import TrainConfig
-from irconvert.config.recipe_file import load_recipe
+from irconvert.config.recipe_file import SHIPPED_RECIPES, load_recipe
 
 __all__ = ["RECIPES_DIR", "default_recipe", "default_recipe_path"]
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = SHIPPED_RECIPES
 
 # arch prefix -> recipe file stem, per mode (act_bits)
 _DEFAULTS: dict[str, dict[int, str]] = {

@@ -5,19 +5,16 @@ step. glibc's malloc hands blocks above its mmap threshold back to the
 kernel, and trims the top of the heap once more than its trim threshold is
 free; the next step's allocation then page-faults, and the kernel zeroes
 every page again. Its dynamic thresholds do not settle for a training step
-with a distillation teacher and the data path: 17,000-38,000 minor page
-faults (70-150 MB of zeroed pages) per ResNet-20 step, and about twice as
-many for the 1W/1A form, which saves more tensors for its backward (the
-inputs of every sign, for EDE), as for the float one. Measured in
-docs/benchmarks.md ("Page faults"): without them the 1W/1A trainer ran
-9-14% faster on a 2-core AVX2 EPYC.
+with a distillation teacher and the data path, and the 1W/1A form, which
+saves more tensors for its backward (the inputs of every sign, for EDE),
+faults more than the float one. What that costs and what keeping the memory
+gains is measured in docs/benchmarks.md ("Page faults").
 
 :func:`retain_freed_memory` fixes both thresholds at 1 GiB: freed blocks
 stay in the process and are reused, and the resident size stays at the
-run's peak (6-10% above glibc's own peak in the same measurement).
-:func:`release_freed_memory`
-hands the free memory back when a run ends. Both are no-ops off glibc
-(macOS, Windows, musl), whose allocators behave differently.
+run's peak. :func:`release_freed_memory` hands the free memory back when a
+run ends. Both are no-ops off glibc (macOS, Windows, musl), whose
+allocators behave differently.
 """
 
 from __future__ import annotations

@@ -46,3 +46,6 @@ class FitResult:
     skipped: list[str] = field(default_factory=list)
     # the recipe's epochs when a time budget lowered them (else None)
     epochs_ceiling: int | None = None
+    # the precision of the run's evaluations: bf16 ones differ from what
+    # ``irconvert eval`` and the exports (fp32) give by a few tenths
+    amp: str = "none"

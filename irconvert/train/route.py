@@ -67,6 +67,10 @@ def plan_route(model: str | os.PathLike[str], *, data: str | None, epochs: int |
     # a dry run writes nothing, so it needs no run directory
     if not post_training and not run_dir and out is None and not dry_run:
         raise RouteError("--out", "is required (the run directory to write)")
+    if (not post_training and not run_dir and out is not None and not resume
+            and os.path.isfile(out)):
+        raise RouteError("--out", f"{out} is a file; the run directory to write must be a "
+                         "new folder (or an empty one)")
     if force and not post_training:
         raise RouteError("--force", "applies without --data or with --epochs 0 (it replaces "
                          "model.pt); a run directory is never replaced")

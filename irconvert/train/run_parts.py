@@ -41,6 +41,7 @@ class RunParts:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    input_size: list[int] | None  # [C, H, W] of an evaluation input, recorded for exports
     # where and how it computes
     device: torch.device
     env: DistEnv

@@ -43,6 +43,7 @@ class RunState(RunParts):
             classes=list(self.data.classes), stage=self.stage_index,
             thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
             budget=self.budget_decision, elapsed_s=self.elapsed_s(),
+            input_size=self.input_size,
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:

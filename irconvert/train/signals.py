@@ -18,6 +18,7 @@ class Stoppable(Protocol):
     stop_requested: bool
     stop_signal: int
     progress: Progress
+    compiling: bool  # the current step is the first one, which compiles the model
 
 
 @contextlib.contextmanager
@@ -34,8 +35,10 @@ def stop_signals(trainer: Stoppable) -> Iterator[None]:
             raise KeyboardInterrupt
         trainer.stop_requested = True
         trainer.stop_signal = signum
+        wait = (" (this first step compiles the model, which can take a minute)"
+                if trainer.compiling else "")
         trainer.progress.log(f"{signal.Signals(signum).name} received: saving last.pt and "
-                             "stopping after this step (Ctrl-C again to abort)")
+                             f"stopping after this step{wait} (Ctrl-C again to abort)")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

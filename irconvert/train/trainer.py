@@ -94,6 +94,9 @@ class Trainer(BudgetKeeping, Stages, RunState):
             self.device = torch.device("cuda", self.env.local_rank)
         self.progress = progress or make_progress(quiet=quiet, is_main=self.env.is_main)
         self.stop_requested = False
+        # torch.compile traces the model during a process's first step, which
+        # takes up to a minute: a stop request then waits for it (and says so)
+        self.compiling = recipe.compile
         self.stop_signal = int(signal.SIGINT)  # which signal asked (for the exit code)
         self.use_amp = resolve_amp(self.device, recipe.amp)
         if self.use_amp != recipe.amp:
@@ -123,6 +126,7 @@ class Trainer(BudgetKeeping, Stages, RunState):
         seed_everything(recipe.seed)
         self._build_loaders()
         self._note_skipped()  # the in-memory path has read every file already
+        self.input_size = self._eval_input_size()
 
         self.fp_result: EvalResult | None = None
         model = model.to(self.device)
@@ -220,6 +224,18 @@ class Trainer(BudgetKeeping, Stages, RunState):
                                       train=False, seed=r.seed, workers=r.workers,
                                       pin_memory=pin, **common)
 
+    def _eval_input_size(self) -> list[int] | None:
+        """``[C, H, W]`` of one evaluation input: what exports of this run should take."""
+        images = getattr(self.val_loader, "images", None)
+        if isinstance(images, Tensor):
+            return [int(d) for d in images.shape[1:]]
+        dataset = self.val_loader.dataset
+        for i in range(min(len(dataset), 16)):
+            item = dataset[i]
+            if item is not None:  # None: an unreadable file being skipped
+                return [int(d) for d in item[0].shape]
+        return None
+
     def _note_skipped(self) -> None:
         """Log the unreadable files skipped since the last call (data.bad_files: skip)."""
         new = [path for path in self.data.bad_paths() if path not in self.skipped]
@@ -305,6 +321,7 @@ class Trainer(BudgetKeeping, Stages, RunState):
                 t, k = self._update_ede()
             lr = self.optimizer.param_groups[0]["lr"]
             loss, logits, targets = self._step(inputs, targets)
+            self.compiling = False
             self.global_step += 1
             self.step_in_epoch += 1
             c1, c5 = correct_topk(logits.detach().float(), targets)
@@ -451,4 +468,5 @@ class Trainer(BudgetKeeping, Stages, RunState):
             wall_time=time.perf_counter() - start, epochs=self.epochs, history=self.history,
             start=dict(self.start_top1), skipped=list(self.skipped),
             epochs_ceiling=(self.epochs_ceiling if self.epochs < self.epochs_ceiling else None),
+            amp=self.use_amp,
         )

@@ -86,3 +86,17 @@ def test_inspect_says_which_layers_get_a_threshold_for_one_signed_inputs() -> No
     fixed = [line for line in result.output.splitlines() if line.startswith("fixed:")]
     assert len(fixed) == 18 and "activation threshold added" in fixed[0]
     assert "warning:" not in result.output
+
+
+def test_exit_codes_say_whose_error_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1: what was given; 2: usage (click's); 3: a bug in irconvert
+    assert runner.invoke(app, ["inspect", "no/such/file.pth"]).exit_code == 1
+    assert runner.invoke(app, ["inspect"]).exit_code == 2
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug [with brackets]")
+
+    monkeypatch.setattr("irconvert.io.load_model", broken)
+    result = runner.invoke(app, ["inspect", "cifar_resnet20"])
+    assert result.exit_code == 3
+    assert "internal error: RuntimeError: a bug [with brackets]" in result.output

@@ -43,6 +43,14 @@ def test_options_that_do_not_fit_name_the_option(options: dict, option: str, wor
     assert err.value.option == option and words in str(err.value)
 
 
+def test_an_existing_file_as_out_is_one_line(tmp_path: Path) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("x")
+    with pytest.raises(RouteError, match="is a file") as err:
+        route(data="digits", out=taken)
+    assert err.value.option == "--out"
+
+
 def test_a_dry_run_needs_no_run_directory() -> None:
     assert route(data="digits", dry_run=True) == "fine-tune"
 
