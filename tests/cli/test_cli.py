@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from irconvert.cli import app
 from tests.conftest import REPO
 
-COMMANDS = ["inspect", "binarize", "eval", "demo", "export", "bench"]
+COMMANDS = ["inspect", "binarize", "eval", "demo", "export", "bench", "recipes"]
 runner = CliRunner()
 
 

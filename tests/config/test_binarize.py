@@ -103,9 +103,14 @@ def test_unknown_key_names_allowed_keys() -> None:
     with pytest.raises(ConfigError) as info:
         BinarizeConfig.from_dict({"act_bit": 1}, where="binarize")
     msg = str(info.value)
-    assert msg.startswith("unknown field 'binarize.act_bit'; allowed: ")
+    assert msg.startswith("unknown field 'binarize.act_bit'; did you mean 'binarize.act_bits'? "
+                          "allowed: ")
     assert "act_bits" in msg and "keep_stem" in msg and "block_transform" in msg
-    with pytest.raises(ConfigError, match="unknown field 'tmin'; allowed: per, t_max, t_min"):
+    with pytest.raises(ConfigError) as far:  # nothing close: no guess
+        BinarizeConfig.from_dict({"zzzz": 1})
+    assert "did you mean" not in str(far.value)
+    with pytest.raises(ConfigError, match="unknown field 'tmin'; did you mean 't_min'[?] "
+                                          "allowed: per, t_max, t_min"):
         EDEConfig.from_dict({"tmin": 0.1})
 
 
