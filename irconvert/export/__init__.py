@@ -10,7 +10,7 @@
 OpenVINO and ONNX Runtime are imported only when used.
 """
 
-from irconvert.export.api import FORMATS, ExportSummary, export_checkpoint
+from irconvert.export.api import FORMATS, export_checkpoint
 from irconvert.export.bench import BenchRow, bench
 from irconvert.export.bits import pack_signs, unpack_signs
 from irconvert.export.freeze import FrozenBinaryConv2d, FrozenBinaryLinear, freeze
@@ -19,6 +19,7 @@ from irconvert.export.openvino_export import export_openvino
 from irconvert.export.packed import describe_packed, load_packed, save_packed
 from irconvert.export.packed_file import PackedSize
 from irconvert.export.runtime import Predictor, load_predictor
+from irconvert.export.writers import ExportSummary
 
 __all__ = [
     "FORMATS",

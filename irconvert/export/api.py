@@ -3,47 +3,20 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from irconvert.errors import ExportError
+from irconvert.export.formats import FORMATS as TABLE
+from irconvert.export.formats import lookup
+from irconvert.export.writers import ExportJob, ExportSummary
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["FORMATS", "ExportSummary", "export_checkpoint"]
+__all__ = ["FORMATS", "export_checkpoint"]
 
-FORMATS: tuple[str, ...] = ("packed", "onnx", "openvino")
-
-
-@dataclass
-class ExportSummary:
-    """What was written, for people (the CLI prints it)."""
-
-    format: str
-    path: Path
-    bytes: int
-    binary_layers: int
-    details: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    layers: list[tuple[str, str, str]] = field(default_factory=list)  # name, precision, why
-    source: str = ""  # the file exported: a run folder's best.pt, last.pt or model.pt
-
-
-# What each format's file is called: the runtime (eval, bench) tells them by it.
-_SUFFIXES = {"packed": (".irc",), "onnx": (".onnx",), "openvino": ("", ".xml")}
-
-
-def _check_suffix(target: Path, fmt: str) -> None:
-    """Refuse an output name that another format's file would have (an ONNX ``.irc``)."""
-    suffix = target.suffix.lower()
-    if suffix in _SUFFIXES[fmt] or (fmt == "openvino" and target.is_dir()):
-        return
-    want = {"packed": "NAME.irc", "onnx": "NAME.onnx", "openvino": "a folder or NAME.xml"}
-    raise ExportError(f"{target}: --format {fmt} writes {want[fmt]}, not a {suffix or 'plain'} "
-                      f"file (eval and bench tell formats by their names); use --out "
-                      f"{target.with_suffix(_SUFFIXES[fmt][0] or '')}")
+FORMATS: tuple[str, ...] = tuple(TABLE)
 
 
 def _packed_source(src: str | os.PathLike[str], fmt: str) -> bool:
@@ -156,31 +129,22 @@ def _export(
 ) -> ExportSummary:
     """``export_checkpoint`` without the record of which file was read."""
     from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
-    from irconvert.config import BinarizeConfig
     from irconvert.export.files import check_output
     from irconvert.export.freeze import binary_layers, freeze
     from irconvert.export.meta import metadata_from_checkpoint
-    from irconvert.export.onnx_export import DEFAULT_OPSET
 
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt != "onnx" and (onnx_packed or opset is not None):
-        raise ExportError("--onnx-packed and --opset apply to --format onnx only")
-    if fmt != "openvino" and (int8 or data is not None):
-        raise ExportError("--int8 and --data apply to --format openvino only")
+    record = lookup(fmt)
+    record.check_options({"onnx_packed": onnx_packed, "opset": opset, "int8": int8,
+                          "data": data, "batch": batch})
     if int8 and data is None:
         raise ExportError("--int8 needs calibration images: pass --data (e.g. "
                           "imagefolder:DIR) and optionally --calib-images N")
-    if fmt != "openvino" and batch is not None:
-        raise ExportError("--batch applies to --format openvino only (ONNX keeps a dynamic "
-                          "batch axis that onnxruntime runs at any batch size)")
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be at least 1, not {batch}")
     if calib_images < 1:
         raise ExportError(f"--calib-images must be at least 1, not {calib_images}")
-    use_int8 = data is not None and int8 is not False
     target = Path(out)
-    _check_suffix(target, fmt)
+    record.check_output(target)
     check_output(target, force, directory=fmt == "openvino" and target.suffix != ".xml")
     if fmt == "openvino":  # fail on a missing engine before the slow part
         from irconvert.export.openvino_export import import_openvino
@@ -198,53 +162,8 @@ def _export(
     # Trace at the size the metadata records, so the two cannot disagree.
     recorded = (metadata or {}).get("input_size")
     input_size = tuple(recorded) if recorded else input_size
-    n_binary = len(binary_layers(frozen))
-    if fmt == "packed":
-        from irconvert.export.packed import save_packed
-
-        assert ckpt is not None  # an .irc source was refused for packed output above
-
-        size = save_packed(frozen, target, arch=ckpt.get("arch"),
-                           num_classes=int(ckpt["num_classes"]),
-                           config=BinarizeConfig.from_dict(ckpt["binarize"]), force=force,
-                           metadata=metadata)
-        return ExportSummary(
-            "packed", target, size.actual, n_binary,
-            {"theoretical minimum": f"{size.theoretical:,} bytes",
-             "overhead": f"{size.overhead:.2%}"})
-    if fmt == "onnx":
-        from irconvert.export.onnx_export import export_onnx
-
-        res = export_onnx(frozen, target, packed=onnx_packed, opset=opset or DEFAULT_OPSET,
-                          input_size=input_size, force=force, metadata=metadata)
-        return ExportSummary("onnx", target, res.bytes, n_binary,
-                             {"opset": str(res.opset), "exporter": res.exporter,
-                              "weights": "packed bits" if onnx_packed else "float32"})
-    from irconvert.export.openvino_export import export_openvino
-
-    calibration, source = None, ""
-    if use_int8:
-        from irconvert.export.calibration import calibration_images
-
-        assert data is not None
-        channels = (metadata or {}).get("input_size", [3])[0]
-        calib = calibration_images(data, calib_images, metadata, channels=channels)
-        calibration, source = calib.images, calib.source
-    off = ("int8 off (--no-int8), exact" if int8 is False
-           else "no calibration data (pass --data for int8), exact")
-    ov = export_openvino(frozen, target, input_size=input_size, force=force, metadata=metadata,
-                         calibration=calibration, calibration_source=source,
-                         int8_off_reason=off, batch=batch)
-    notes = [f"float fallback: {name}: {why}" for name, why in ov.fallback.items()]
-    counts = {p: sum(layer.precision == p for layer in ov.layers)
-              for p in ("binary", "int8", "fp32")}
-    details = {"BinaryConvolution layers": str(ov.binary_convolutions),
-               "float fallbacks": str(len(ov.fallback)),
-               "int8 layers": str(counts["int8"]),
-               "fp32 layers": str(counts["fp32"])}
-    if ov.calibration:
-        details["int8 calibration"] = ov.calibration
-    details["batch"] = (f"{batch} (static: plain OpenVINO compiles it as it is)" if batch
-                        else "dynamic (reshape to a batch size before compiling)")
-    return ExportSummary("openvino", ov.xml, ov.bytes, n_binary, details, notes,
-                         [(layer.name, layer.precision, layer.why) for layer in ov.layers])
+    options = {"onnx_packed": onnx_packed, "opset": opset, "int8": int8, "data": data,
+               "calib_images": calib_images, "batch": batch}
+    job = ExportJob(frozen, target, force, metadata, input_size, len(binary_layers(frozen)),
+                    ckpt, {k: v for k, v in options.items() if k in record.options})
+    return record.writer(job)

@@ -121,7 +121,7 @@ def _onnx_signs(path: Path, x: np.ndarray, threads: int) -> tuple[Signs, Signs, 
     import onnx
     import onnxruntime as ort
 
-    from irconvert.export.runtime import ORT_DISABLED
+    from irconvert.export.engines import ORT_DISABLED
 
     proto = onnx.load(str(path))
     producers = {out: node for node in proto.graph.node for out in node.output}

@@ -320,6 +320,7 @@ class Trainer(BudgetKeeping, Stages, RunState):
             if r.ede.per == "step":
                 t, k = self._update_ede()
             lr = self.optimizer.param_groups[0]["lr"]
+            first = self.compiling
             loss, logits, targets = self._step(inputs, targets)
             self.compiling = False
             self.global_step += 1
@@ -329,7 +330,8 @@ class Trainer(BudgetKeeping, Stages, RunState):
             loss_sum += float(loss.detach()) * bs
             c1_sum, c5_sum, n_sum = c1_sum + c1, c5_sum + c5, n_sum + bs
             dt = time.perf_counter() - t0
-            secs += dt
+            if not first:  # a process's compiling step is not the epoch's speed (resume)
+                secs += dt
             self._partial = [loss_sum, c1_sum, c5_sum, n_sum, secs]
             self.progress.step(float(loss.detach()), 100.0 * c1 / bs,
                                bs * self.env.world_size / max(dt, 1e-9))
@@ -434,6 +436,9 @@ class Trainer(BudgetKeeping, Stages, RunState):
                         row.update(val_loss=None, val_top1=None, val_top5=None)
                     self._note_skipped()
                     row["skipped_images"] = len(self.skipped)
+                    # the names, as the recipe docs promise: those first met this epoch
+                    seen = {name for r in self.history for name in r.get("skipped_files", [])}
+                    row["skipped_files"] = [n for n in self.skipped if n not in seen]
                     self.history.append(row)
                     self.epoch += 1
                     self.step_in_epoch = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -109,8 +110,8 @@ def test_unknown_key_names_allowed_keys() -> None:
     with pytest.raises(ConfigError) as far:  # nothing close: no guess
         BinarizeConfig.from_dict({"zzzz": 1})
     assert "did you mean" not in str(far.value)
-    with pytest.raises(ConfigError, match="unknown field 'tmin'; did you mean 't_min'[?] "
-                                          "allowed: per, t_max, t_min"):
+    with pytest.raises(ConfigError, match=re.escape(
+            "unknown field 'tmin'; did you mean 't_min'? allowed: per, t_max, t_min")):
         EDEConfig.from_dict({"tmin": 0.1})
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from irconvert.errors import LoadError
-from irconvert.export.runtime import _engine_reason, load_predictor
+from irconvert.export.engines import _engine_reason
+from irconvert.export.runtime import load_predictor
 
 
 def _tiny_onnx(path: Path) -> Path:

@@ -58,6 +58,12 @@ def test_fit_writes_run_dir_and_learns(tiny_data: str, tmp_path: Path) -> None:
     assert result.best_top1 > 40.0  # chance is 25 %
     ckpt = load_run_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["recipe"]["epochs"] == 2
+    # the size of an evaluation input, for exports of this run
+    from irconvert.data.datasets import open_data
+
+    first = open_data(tiny_data).val[0][0]
+    assert ckpt["input_size"] == [3, first.size[1], first.size[0]]
+    assert result.amp == "none"  # what the summary labels its accuracies with
     assert {"optimizer", "scheduler", "rng", "metrics"} <= set(ckpt)
     assert any(k.endswith("ede_t") for k in ckpt["model"])
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -252,7 +258,7 @@ def test_unreadable_images_can_be_skipped_and_counted(
     assert any("skipped 1 unreadable image file(s)" in line and str(bad) in line
                for line in logged), logged
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert row["skipped_images"] == 1
+    assert row["skipped_images"] == 1 and row["skipped_files"] == [str(bad)]
     assert load_run_checkpoint(tmp_path / "run" / "last.pt")["skipped_files"] == [str(bad)]
 
 
