@@ -14,6 +14,7 @@ from irconvert.config.binarize import BinarizeConfig, EDEConfig
 from irconvert.config.training import (
     DataConfig,
     DistillConfig,
+    EMAConfig,
     OptimizerConfig,
     ScheduleConfig,
     StageConfig,
@@ -25,6 +26,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "EDEConfig",
+    "EMAConfig",
     "FieldError",
     "OptimizerConfig",
     "ScheduleConfig",

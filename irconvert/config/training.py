@@ -19,6 +19,7 @@ from irconvert.config.binarize import BinarizeConfig, EDEConfig
 __all__ = [
     "DataConfig",
     "DistillConfig",
+    "EMAConfig",
     "OptimizerConfig",
     "ScheduleConfig",
     "StageConfig",
@@ -149,6 +150,26 @@ class DistillConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EMAConfig(Section):
+    """An exponential moving average of the weights: what is evaluated, saved and exported.
+
+    After every optimizer step, ``average = d * average + (1 - d) * weights``
+    for every floating-point tensor of the model (BatchNorm statistics
+    included; integer buffers are copied). Training goes on with the raw
+    weights; evaluations, ``best.pt`` and the exports use the average
+    (``last.pt`` keeps both, so ``--resume`` is exact).
+
+    Args:
+        decay: ``d``, per optimizer step (0.999 averages about the last 1,000).
+        warmup: use ``min(decay, (1 + n) / (10 + n))`` at update ``n``, so the
+            first updates do not drag the average towards where it started.
+    """
+
+    decay: float = unit_open(default=0.999)
+    warmup: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageConfig(Section):
     """One stage of a staged recipe (ReActNet's two-step training and the like).
 
@@ -214,6 +235,8 @@ class TrainConfig(Section):
         seed: seeds python, numpy, torch and the data order.
         workers: DataLoader worker processes.
         label_smoothing: cross-entropy label smoothing.
+        ema: evaluate, save and export an exponential moving average of the
+            weights (see :class:`EMAConfig`; null: the weights themselves).
         eval_every: evaluate every N epochs (and always after the last).
         bn_recalibration: before fine-tuning, re-estimate BatchNorm statistics
             of the converted model over this many training batches (0: off).
@@ -239,6 +262,7 @@ class TrainConfig(Section):
     seed: int = nonneg(default=0)
     workers: int = nonneg(default=2)
     label_smoothing: float = unit_open(default=0.0)
+    ema: EMAConfig | None = None
     eval_every: int = positive(default=1)
     bn_recalibration: int = nonneg(default=0)
     device: str = "auto"

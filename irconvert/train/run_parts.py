@@ -22,6 +22,7 @@ from irconvert.config import StageConfig, TrainConfig
 from irconvert.convert import ConversionReport
 from irconvert.data.datasets import DataBundle
 from irconvert.train.distributed import DistEnv
+from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult
 from irconvert.train.progress import Progress
 
@@ -77,6 +78,7 @@ class RunParts:
     skipped: list[str]
     _partial: list[float]
     _thresholds_set: bool
+    ema: WeightAverage | None  # the weight average that is evaluated and saved
     # the time budget
     clock0: float
     elapsed_before: float

@@ -17,6 +17,7 @@ from typing import Any
 from irconvert.checkpoint import atomic_save, new_checkpoint
 from irconvert.config.recipe_file import recipe_from_dict, save_recipe
 from irconvert.errors import IRConvertError, LoadError
+from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult
 from irconvert.train.rng import get_rng_state, plain_rng_state, set_rng_state
 from irconvert.train.run_parts import RunParts
@@ -30,8 +31,13 @@ class RunState(RunParts):
     def checkpoint(self) -> dict[str, Any]:
         """The dict saved as ``last.pt``: run checkpoint plus full trainer state."""
         fp = self.fp_result.to_dict() if self.fp_result else None
+        # "model" is what best.pt, eval and the exports use: the average when
+        # there is one; the weights being trained then travel as train_model
+        averaged = ({"train_model": self.model.state_dict(), "ema": self.ema.state_dict()}
+                    if self.ema is not None else {})
         return new_checkpoint(
-            self.model, arch=self.arch, num_classes=self.num_classes,
+            self.ema.module if self.ema is not None else self.model,
+            arch=self.arch, num_classes=self.num_classes,
             config=self.recipe.binarize, source=self.source,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), epoch=self.epoch, step_in_epoch=self.step_in_epoch,
@@ -43,7 +49,7 @@ class RunState(RunParts):
             classes=list(self.data.classes), stage=self.stage_index,
             thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
             budget=self.budget_decision, elapsed_s=self.elapsed_s(),
-            input_size=self.input_size,
+            input_size=self.input_size, **averaged,
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -58,7 +64,7 @@ class RunState(RunParts):
             changed = sorted(k for k, v in self.recipe.to_dict().items() if saved.get(k) != v)
             self.progress.log(f"note: resuming with a changed recipe ({', '.join(changed)})")
         try:
-            self.model.load_state_dict(ckpt["model"])
+            self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
         except RuntimeError as exc:
             # the first line only says "Error(s) in loading state_dict for X:"
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -98,6 +104,12 @@ class RunState(RunParts):
         self.history = list(ckpt.get("history", []))
         self._partial = [float(v) for v in ckpt.get("partial", [0, 0, 0, 0, 0])]
         self.skipped = list(dict.fromkeys([*ckpt.get("skipped_files", []), *self.skipped]))
+        if self.recipe.ema is not None:  # the average goes on where it was
+            self.ema = WeightAverage(self.model, self.recipe.ema)
+            if "ema" in ckpt and "train_model" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"], ckpt["model"])
+            else:
+                self.progress.log("note: ema starts now: the run was saved without one")
         set_rng_state(ckpt["rng"])
 
     def _save(self, name: str, ckpt: dict[str, Any] | None = None) -> None:

@@ -40,6 +40,7 @@ from irconvert.errors import DataError, IRConvertError
 from irconvert.models.heads import model_channels, model_outputs, replace_classifier_
 from irconvert.train.budget_keeping import BudgetKeeping
 from irconvert.train.distributed import all_reduce_sum, init_distributed
+from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult, evaluate
 from irconvert.train.memory import release_freed_memory, retain_freed_memory
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
@@ -195,6 +196,7 @@ class Trainer(BudgetKeeping, Stages, RunState):
         # Thresholds are set from data once, when activations first binarize;
         # a resumed run has them in its weights already.
         self._thresholds_set = False
+        self.ema: WeightAverage | None = None  # recipe ``ema``: started with the first step
 
     # -- data ---------------------------------------------------------------
     def _build_loaders(self) -> None:
@@ -261,8 +263,14 @@ class Trainer(BudgetKeeping, Stages, RunState):
         return result
 
     def _quick_eval(self) -> EvalResult:
-        return evaluate(self.model, self.val_loader, self.device, env=self.env,
+        model = self.ema.module if self.ema is not None else self.model  # what is saved
+        return evaluate(model, self.val_loader, self.device, env=self.env,
                         amp=self.use_amp, channels_last=self.channels_last)
+
+    def _start_average(self) -> None:
+        """Begin the weight average (recipe ``ema``) from the weights as they are now."""
+        if self.recipe.ema is not None and self.ema is None:
+            self.ema = WeightAverage(self.model, self.recipe.ema)
 
     def _diverged(self, value: float) -> None:
         """Stop with one line; ``last.pt`` (end of the last good epoch) is left as it was."""
@@ -323,6 +331,8 @@ class Trainer(BudgetKeeping, Stages, RunState):
             first = self.compiling
             loss, logits, targets = self._step(inputs, targets)
             self.compiling = False
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.global_step += 1
             self.step_in_epoch += 1
             c1, c5 = correct_topk(logits.detach().float(), targets)
@@ -409,6 +419,7 @@ class Trainer(BudgetKeeping, Stages, RunState):
                                   "{calibrated:.2f}% after calibration".format(**self.start_top1))
             if self.budget_pending:
                 self._fit_budget()
+            self._start_average()  # after calibration and the budget's probe
         self.progress.start(self.epochs, self.epoch)
         # a resumed process compiles in its first epoch: not an epoch's cost
         time_next_epoch = resume is None or not self.compile

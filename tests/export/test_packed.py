@@ -243,8 +243,8 @@ def test_exports_that_cannot_be_exported_again(tmp_path: Path) -> None:
         export_checkpoint(tmp_path / "m.irc", "packed", tmp_path / "n.irc")
     assert not (tmp_path / "n.irc").exists()
     (tmp_path / "a.onnx").write_bytes(b"\0")
-    for fmt in ("packed", "onnx"):
+    for fmt, name in (("packed", "b.irc"), ("onnx", "b.onnx")):
         with pytest.raises(LoadError, match=r"a\.onnx: an exported model \(onnx\), not a run "
                            r"checkpoint; export from the run it came from .* or from its \.irc"):
-            export_checkpoint(tmp_path / "a.onnx", fmt, tmp_path / f"b.{fmt}")
-        assert not (tmp_path / f"b.{fmt}").exists()
+            export_checkpoint(tmp_path / "a.onnx", fmt, tmp_path / name)
+        assert not (tmp_path / name).exists()
