@@ -154,10 +154,11 @@ def bench(
         rows = compare(files, batch or [1], threads or [0], warmup=warmup, runs=runs,
                        input_size=size)
     columns = [Column(c, justify="left" if c in ("model", "engine") else "right")
-               for c in ("model", "engine", "size", "batch", "threads", "latency ms",
+               for c in ("model", "engine", "size", "input", "batch", "threads", "latency ms",
                          "images/s", "speed-up")]
     engines = {"packed": "PyTorch", "onnx": "onnxruntime", "openvino": "OpenVINO"}
-    cells = [[escape(r.label), engines.get(r.format, r.format), human_bytes(r.bytes), str(r.batch),
+    cells = [[escape(r.label), engines.get(r.format, r.format), human_bytes(r.bytes),
+              "x".join(map(str, r.input_size)), str(r.batch),
               "all" if r.threads == 0 else str(r.threads), f"{r.median_ms:.2f}",
               f"{r.throughput:.1f}", f"{r.speedup:.2f}x" if r.speedup else ""] for r in rows]
     print_table(console, f"inference benchmark (median of {runs} timed runs, engines taking "

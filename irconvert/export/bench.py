@@ -43,6 +43,7 @@ class BenchRow:
     bytes: int
     label: str = ""  # what it is, e.g. "OpenVINO binary + int8" (compare's rows)
     speedup: float | None = None  # vs the baseline at the same batch and threads
+    input_size: tuple[int, ...] = ()  # C, H, W of one input
 
 
 def model_bytes(path: str | os.PathLike[str]) -> int:
@@ -73,7 +74,7 @@ def bench_predictor(
     median = statistics.median(times)
     return BenchRow(path=str(predict.path), format=predict.format, batch=batch, threads=threads,
                     median_ms=median * 1000, throughput=batch / median, runs=len(times),
-                    bytes=model_bytes(predict.path))
+                    bytes=model_bytes(predict.path), input_size=tuple(size))
 
 
 def bench(
@@ -194,19 +195,24 @@ def compare(
         predictors = {label: path(n) if callable(path) else _ort_default(path, n)
                       if label == BASELINE else load_predictor(path, threads=n, isolate=True)
                       for label, path in files.items()}
-        size = input_size or next((p.input_size for p in predictors.values() if p.input_size),
-                                  None) or DEFAULT_INPUT_SIZE
+        # each model at its own input size (recorded at export), else the
+        # others' (the float baseline records none), else the default
+        known = next((p.input_size for p in predictors.values() if p.input_size), None)
+        sizes = {label: tuple(input_size or p.input_size or known or DEFAULT_INPUT_SIZE)
+                 for label, p in predictors.items()}
         for batch in batches:
-            x = np.random.default_rng(0).standard_normal((batch, *size), dtype=np.float32)
+            rng = np.random.default_rng(0)
+            inputs = {label: rng.standard_normal((batch, *sizes[label]), dtype=np.float32)
+                      for label in labels}
             times: dict[str, list[float]] = {label: [] for label in labels}
             for label in labels:
                 for _ in range(warmup):
-                    predictors[label](x)
+                    predictors[label](inputs[label])
             for _ in range(rounds):
                 for label in labels:
                     for _ in range(per_round):
                         t0 = time.perf_counter()
-                        predictors[label](x)
+                        predictors[label](inputs[label])
                         times[label].append(time.perf_counter() - t0)
             base = statistics.median(times[labels[0]])
             for label in labels:
@@ -215,5 +221,6 @@ def compare(
                 rows.append(BenchRow(path=str(p.path), format=p.format, batch=batch, threads=n,
                                      median_ms=median * 1000, throughput=batch / median,
                                      runs=len(times[label]), bytes=model_bytes(p.path),
-                                     label=label, speedup=base / median))
+                                     label=label, speedup=base / median,
+                                     input_size=sizes[label]))
     return rows

@@ -42,10 +42,11 @@ class ExportFormat:
     predictor: Callable[[Path, int, bool, str], Predictor]
 
     def names(self, path: Path) -> bool:
-        """Whether ``path`` is called like one of this format's files."""
-        if "" in self.suffixes and path.is_dir():
-            return (path / "model.xml").is_file()
-        return path.suffix.lower() in self.suffixes
+        """Whether ``path`` is called like one of this format's files (or is its folder)."""
+        if path.is_dir():
+            return "" in self.suffixes and (path / "model.xml").is_file()
+        suffix = path.suffix.lower()
+        return bool(suffix) and suffix in self.suffixes
 
     def check_output(self, target: Path) -> None:
         """Refuse an output name that another format's file would have (an ONNX ``.irc``)."""

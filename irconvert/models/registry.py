@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -76,9 +78,38 @@ def build_model(name: str, num_classes: int | None = None, pretrained: bool = Fa
     )
 
 
-def _download_error(what: str, exc: Exception) -> LoadError:
-    return LoadError(f"could not download pretrained weights for {what} "
-                     f"(offline?): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+def _download_error(what: str, exc: Exception | str) -> LoadError:
+    """One line: what could not be downloaded, why (its first sentence), and what to do."""
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    first = re.split(r"(?<=[.!?])\s", " ".join(text.split()), maxsplit=1)[0]
+    why = first if len(first) <= 160 else first[:157].rsplit(" ", 1)[0] + "..."
+    return LoadError(f"could not download pretrained weights for {what} (offline?): "
+                     f"{why.rstrip('.')}; download them where there is internet and pass the "
+                     f"file instead (irconvert binarize WEIGHTS.pth --arch {what} ...)")
+
+
+def _torchvision_weights_reachable(name: str) -> str | None:
+    """Why torchvision could not fetch ``name``'s weights here, or None (cached or online).
+
+    torchvision prints "Downloading: URL" before it finds out that it is
+    offline; a cached file, or a host that resolves, lets it go ahead.
+    """
+    from urllib.parse import urlparse
+
+    import torch
+    import torchvision
+
+    from irconvert.io.offline import host_resolves
+
+    try:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url  # type: ignore[attr-defined]
+    except (ValueError, AttributeError):
+        return None  # let torchvision say what it makes of the name
+    parts = urlparse(url)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(parts.path).name
+    if cached.is_file() or host_resolves(parts.hostname or ""):
+        return None
+    return f"{parts.hostname} cannot be reached and {cached.name} is not in the torch hub cache"
 
 
 def _build_torchvision(name: str, num_classes: int | None, pretrained: bool) -> nn.Module:
@@ -87,6 +118,9 @@ def _build_torchvision(name: str, num_classes: int | None, pretrained: bool) -> 
     kwargs: dict[str, object] = {}
     if pretrained:
         kwargs["weights"] = "DEFAULT"
+        unreachable = _torchvision_weights_reachable(name)
+        if unreachable is not None:
+            raise _download_error(name, unreachable)
         try:
             model = torchvision.models.get_model(name, **kwargs)
         except Exception as exc:  # URLError, HTTPError, OSError, ...

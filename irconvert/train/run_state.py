@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from irconvert.checkpoint import CONFIG as RUN_CONFIG
 from irconvert.checkpoint import atomic_save, new_checkpoint
 from irconvert.config.recipe_file import recipe_from_dict, save_recipe
 from irconvert.errors import IRConvertError, LoadError
 from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult
+from irconvert.train.outcome import TrainingDiverged
 from irconvert.train.rng import get_rng_state, plain_rng_state, set_rng_state
 from irconvert.train.run_parts import RunParts
 
@@ -125,3 +127,15 @@ class RunState(RunParts):
 
         save_recipe(self.recipe, self.out_dir / "config.yaml")
         write_text(self.out_dir / "run.yaml", yaml.safe_dump(self.run_info, sort_keys=False))
+
+    def _after_failure(self, exc: BaseException, *, created: bool, resumed: bool) -> None:
+        out, last = self.out_dir, self.out_dir / "last.pt"
+        if not last.exists() and not resumed:
+            for name in (RUN_CONFIG, "run.yaml"):
+                (out / name).unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        elif last.exists() and isinstance(exc, IRConvertError) and not isinstance(
+                exc, TrainingDiverged):
+            exc.args = (f"{exc}; {last} is kept: once that is fixed, continue with: "
+                        f"irconvert binarize {out} --resume",)

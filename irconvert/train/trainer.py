@@ -23,20 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from irconvert.checkpoint import CONFIG as RUN_CONFIG
 from irconvert.config import StageConfig, TrainConfig
 from irconvert.convert import ConversionReport, binarize_
 from irconvert.data.datasets import DataBundle
 from irconvert.data.loaders import (
-    AugmentedDataset,
-    GPUCachedLoader,
-    build_transform,
-    image_size,
-    images_as_uint8,
-    make_loader,
     resolve_normalization,
 )
-from irconvert.errors import DataError, IRConvertError
+from irconvert.errors import DataError
 from irconvert.models.heads import model_channels, model_outputs, replace_classifier_
 from irconvert.train.budget_keeping import BudgetKeeping
 from irconvert.train.distributed import all_reduce_sum, init_distributed
@@ -48,6 +41,7 @@ from irconvert.train.outcome import FitResult, TrainingDiverged, TrainingInterru
 from irconvert.train.precision import autocast, resolve_amp, resolve_device
 from irconvert.train.progress import Progress, make_progress
 from irconvert.train.rng import seed_everything
+from irconvert.train.run_data import RunData
 from irconvert.train.run_state import RunState
 from irconvert.train.signals import stop_signals
 from irconvert.train.stages import Stages
@@ -55,7 +49,7 @@ from irconvert.train.stages import Stages
 __all__ = ["Trainer"]
 
 
-class Trainer(BudgetKeeping, Stages, RunState):
+class Trainer(RunData, BudgetKeeping, Stages, RunState):
     """One fine-tuning run. Most callers want :func:`fit`.
 
     Args:
@@ -113,7 +107,13 @@ class Trainer(BudgetKeeping, Stages, RunState):
             raise DataError(f"{data.name}: no train/ split to fine-tune on")
         data.set_bad_files(recipe.data.bad_files)
         self.skipped: list[str] = []
+        self._setup_data(model, replace_classifier)
+        self._setup_model(model, evaluate_fp)
+        self._setup_length()
 
+    def _setup_data(self, model: nn.Module, replace_classifier: bool) -> None:
+        """Classes, normalisation, loaders and the evaluation input size."""
+        recipe, data = self.recipe, self.data
         self.num_classes = data.num_classes
         outputs = model_outputs(model)
         if outputs is not None and outputs != data.num_classes:
@@ -129,6 +129,9 @@ class Trainer(BudgetKeeping, Stages, RunState):
         self._note_skipped()  # the in-memory path has read every file already
         self.input_size = self._eval_input_size()
 
+    def _setup_model(self, model: nn.Module, evaluate_fp: bool) -> None:
+        """Measure the float model, binarize it, keep a teacher, wrap for DDP and compile."""
+        recipe = self.recipe
         self.fp_result: EvalResult | None = None
         model = model.to(self.device)
         if evaluate_fp:  # every rank takes part (the sums are all-reduced)
@@ -161,9 +164,12 @@ class Trainer(BudgetKeeping, Stages, RunState):
         if self.compile:
             self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
 
+    def _setup_length(self) -> None:
+        """The run's length, its stages, the first stage entered, and position 0."""
+        recipe = self.recipe
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
-            raise DataError(f"{data.name}: the training split is empty")
+            raise DataError(f"{self.data.name}: the training split is empty")
         if recipe.steps is not None:
             self.total_steps = recipe.steps
             self.epochs = math.ceil(recipe.steps / self.steps_per_epoch)
@@ -198,63 +204,6 @@ class Trainer(BudgetKeeping, Stages, RunState):
         self._thresholds_set = False
         self.ema: WeightAverage | None = None  # recipe ``ema``: started with the first step
 
-    # -- data ---------------------------------------------------------------
-    def _build_loaders(self) -> None:
-        r, d, env = self.recipe, self.data, self.env
-        assert d.train is not None
-        common = {"rank": env.rank, "world_size": env.world_size}
-        if r.data.gpu_cache:
-            images, labels = images_as_uint8(d.train)
-            self.train_loader: Any = GPUCachedLoader(
-                images, labels, r.data, self.mean, self.std, batch_size=r.batch_size,
-                train=True, seed=r.seed, device=self.device, **common)
-            v_images, v_labels = images_as_uint8(d.val)
-            self.val_loader: Any = GPUCachedLoader(
-                v_images, v_labels, r.data, self.mean, self.std, batch_size=r.batch_size,
-                train=False, seed=r.seed, device=self.device, **common)
-            return
-        size = None
-        if not r.data.random_resized_crop and not r.data.crop:
-            size = image_size(d.train)
-        train_tf = build_transform(r.data, self.mean, self.std, train=True, image_size=size)
-        val_tf = build_transform(r.data, self.mean, self.std, train=False)
-        pin = r.data.pin_memory and self.device.type == "cuda"
-        self.train_set = AugmentedDataset(d.train, train_tf, seed=r.seed)
-        self.train_loader = make_loader(self.train_set, batch_size=r.batch_size, train=True,
-                                        seed=r.seed, workers=r.workers, pin_memory=pin, **common)
-        self.val_loader = make_loader(AugmentedDataset(d.val, val_tf), batch_size=r.batch_size,
-                                      train=False, seed=r.seed, workers=r.workers,
-                                      pin_memory=pin, **common)
-
-    def _eval_input_size(self) -> list[int] | None:
-        """``[C, H, W]`` of one evaluation input: what exports of this run should take."""
-        images = getattr(self.val_loader, "images", None)
-        if isinstance(images, Tensor):
-            return [int(d) for d in images.shape[1:]]
-        dataset = self.val_loader.dataset
-        for i in range(min(len(dataset), 16)):
-            item = dataset[i]
-            if item is not None:  # None: an unreadable file being skipped
-                return [int(d) for d in item[0].shape]
-        return None
-
-    def _note_skipped(self) -> None:
-        """Log the unreadable files skipped since the last call (data.bad_files: skip)."""
-        new = [path for path in self.data.bad_paths() if path not in self.skipped]
-        if not new:
-            return
-        self.skipped += new
-        shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
-        self.progress.log(f"skipped {len(new)} unreadable image file(s) "
-                          f"(data.bad_files: skip): {shown}")
-
-    def _set_epoch(self, epoch: int, skip_batches: int) -> None:
-        sampler = (self.train_loader.sampler)
-        sampler.set_epoch(epoch, skip=skip_batches * self.recipe.batch_size)
-        if isinstance(getattr(self, "train_set", None), AugmentedDataset):
-            self.train_set.set_epoch(epoch)
-
-    # -- the loop -----------------------------------------------------------------
     def _loss(self, inputs: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
         if self.distill is not None:
             loss: Tensor = self.distill(inputs, logits.float(), targets)
@@ -383,18 +332,6 @@ class Trainer(BudgetKeeping, Stages, RunState):
             if self.env.is_main:
                 self._after_failure(exc, created=created, resumed=resume is not None)
             raise
-
-    def _after_failure(self, exc: BaseException, *, created: bool, resumed: bool) -> None:
-        out, last = self.out_dir, self.out_dir / "last.pt"
-        if not last.exists() and not resumed:
-            for name in (RUN_CONFIG, "run.yaml"):
-                (out / name).unlink(missing_ok=True)
-            if created and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
-        elif last.exists() and isinstance(exc, IRConvertError) and not isinstance(
-                exc, TrainingDiverged):
-            exc.args = (f"{exc}; {last} is kept: once that is fixed, continue with: "
-                        f"irconvert binarize {out} --resume",)
 
     def _run(self, *, resume: dict[str, Any] | None = None) -> FitResult:
         start = time.perf_counter()

@@ -62,8 +62,9 @@ def test_paper_settings() -> None:
     ({"optimizer": {"lr": -1}}, "field 'optimizer.lr' must be a positive number, got -1"),
     ({"optimizer": {"name": "rmsprop"}},
      "field 'optimizer.name' must be one of sgd, adam, adamw, got 'rmsprop'"),
-    ({"optimizer": {"lrr": 1}}, "unknown field 'optimizer.lrr'; allowed: betas, lr,"),
-    ({"epochz": 1}, "unknown field 'epochz'; allowed: amp, batch_size,"),
+    ({"optimizer": {"lrr": 1}}, "unknown field 'optimizer.lrr'; did you mean 'optimizer.lr'? "
+                                  "allowed: betas, lr,"),
+    ({"epochz": 1}, "unknown field 'epochz'; did you mean 'epochs'? allowed: amp, batch_size,"),
     ({"epochs": 1.5}, "field 'epochs' must be a positive integer, got 1.5"),
     ({"batch_size": True}, "field 'batch_size' must be a positive integer, got True"),
     ({"binarize": {"act_bits": 2}}, "field 'binarize.act_bits' must be one of 1, 32, got 2"),
