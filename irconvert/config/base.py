@@ -129,7 +129,12 @@ def _describe(tp: Any) -> str:
 
 
 def _check(path: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
-    """Validate ``value`` against type ``tp``; returns it normalised (lists -> tuples)."""
+    """Validate ``value`` against type ``tp``; returns it normalised (lists -> tuples).
+
+    Long on purpose: one branch per kind of type hint a field can have, in the
+    order they must be tried (None before unions, bool before int); split up,
+    that order would live in several places.
+    """
     check = meta.get(_CHECK)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):

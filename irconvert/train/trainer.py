@@ -333,6 +333,54 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
                 self._after_failure(exc, created=created, resumed=resume is not None)
             raise
 
+    def _prepare(self) -> None:
+        """A new run's start: warnings, calibration, the time budget, the weight average."""
+        for line in self.report.warnings:
+            self.progress.log(f"warning: {line}")
+        if self.evaluate_start:
+            self.start_top1["converted"] = self._quick_eval().top1
+        self._calibrate()
+        if self.evaluate_start:
+            self.start_top1["calibrated"] = self._quick_eval().top1
+            self.progress.log("top-1 before training: {converted:.2f}% as converted, "
+                              "{calibrated:.2f}% after calibration".format(**self.start_top1))
+        if self.budget_pending:
+            self._fit_budget()
+        self._start_average()  # after calibration and the budget's probe
+
+    def _end_epoch(self, row: dict[str, Any]) -> None:
+        """After an epoch's steps: the budget check, evaluation, the row, the saved files."""
+        self._keep_to_budget()  # first: it may make this epoch the last
+        last = (self.epoch + 1 >= self.epochs
+                or self.global_step >= self.total_steps)
+        if (self.epoch + 1) % self.recipe.eval_every == 0 or last:
+            eval_start = time.perf_counter()
+            ev = self._quick_eval()
+            self._eval_secs.append(time.perf_counter() - eval_start)
+            row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
+        else:
+            row.update(val_loss=None, val_top1=None, val_top5=None)
+        self._note_skipped()
+        row["skipped_images"] = len(self.skipped)
+        # the names, as the recipe docs promise: those first met this epoch
+        seen = {name for r in self.history for name in r.get("skipped_files", [])}
+        row["skipped_files"] = [n for n in self.skipped if n not in seen]
+        self.history.append(row)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._partial = [0.0, 0.0, 0.0, 0.0, 0.0]
+        improved = row["val_top1"] is not None and row["val_top1"] > self.best_top1
+        if improved:
+            self.best_top1 = row["val_top1"]
+        ckpt = self.checkpoint()
+        self._save("last.pt", ckpt)
+        if improved:
+            self._save("best.pt", ckpt)
+        if self.env.is_main:
+            write_jsonl(self.out_dir / "metrics.jsonl", self.history)
+            plot_curves(self.out_dir / "curves.png", self.history)
+        self.progress.epoch_end(row)
+
     def _run(self, *, resume: dict[str, Any] | None = None) -> FitResult:
         start = time.perf_counter()
         if resume is not None:
@@ -345,18 +393,7 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._write_run_files()
         if resume is None:
-            for line in self.report.warnings:
-                self.progress.log(f"warning: {line}")
-            if self.evaluate_start:
-                self.start_top1["converted"] = self._quick_eval().top1
-            self._calibrate()
-            if self.evaluate_start:
-                self.start_top1["calibrated"] = self._quick_eval().top1
-                self.progress.log("top-1 before training: {converted:.2f}% as converted, "
-                                  "{calibrated:.2f}% after calibration".format(**self.start_top1))
-            if self.budget_pending:
-                self._fit_budget()
-            self._start_average()  # after calibration and the budget's probe
+            self._prepare()
         self.progress.start(self.epochs, self.epoch)
         # a resumed process compiles in its first epoch: not an epoch's cost
         time_next_epoch = resume is None or not self.compile
@@ -372,36 +409,7 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
                         self._epoch_secs.append((time.perf_counter() - loop_start,
                                                  self.global_step - step_before))
                     time_next_epoch = True
-                    self._keep_to_budget()  # first: it may make this epoch the last
-                    last = (self.epoch + 1 >= self.epochs
-                            or self.global_step >= self.total_steps)
-                    if (self.epoch + 1) % self.recipe.eval_every == 0 or last:
-                        eval_start = time.perf_counter()
-                        ev = self._quick_eval()
-                        self._eval_secs.append(time.perf_counter() - eval_start)
-                        row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
-                    else:
-                        row.update(val_loss=None, val_top1=None, val_top5=None)
-                    self._note_skipped()
-                    row["skipped_images"] = len(self.skipped)
-                    # the names, as the recipe docs promise: those first met this epoch
-                    seen = {name for r in self.history for name in r.get("skipped_files", [])}
-                    row["skipped_files"] = [n for n in self.skipped if n not in seen]
-                    self.history.append(row)
-                    self.epoch += 1
-                    self.step_in_epoch = 0
-                    self._partial = [0.0, 0.0, 0.0, 0.0, 0.0]
-                    improved = row["val_top1"] is not None and row["val_top1"] > self.best_top1
-                    if improved:
-                        self.best_top1 = row["val_top1"]
-                    ckpt = self.checkpoint()
-                    self._save("last.pt", ckpt)
-                    if improved:
-                        self._save("best.pt", ckpt)
-                    if self.env.is_main:
-                        write_jsonl(self.out_dir / "metrics.jsonl", self.history)
-                        plot_curves(self.out_dir / "curves.png", self.history)
-                    self.progress.epoch_end(row)
+                    self._end_epoch(row)
                     if self.stop_requested:  # arrived between the last step and here
                         raise self._interrupted(
                             f"stopped after epoch {self.epoch}; last.pt saved in "
