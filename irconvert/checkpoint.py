@@ -6,17 +6,8 @@ and one-line errors for everything that can be wrong with them. (Users'
 full-precision checkpoint files are :mod:`irconvert.io.checkpoint_file`'s job;
 exported files are :mod:`irconvert.export`'s.)
 
-A run directory (written by :mod:`irconvert.train.run_state` for the trainer)::
-
-    config.yaml     the resolved recipe (a valid ``--recipe`` file)
-    run.yaml        where the model and data came from (for ``--resume``)
-    last.pt         run checkpoint + trainer state, after every epoch and on stop
-    best.pt         the checkpoint with the best validation top-1
-    metrics.jsonl   one JSON object per epoch
-    curves.png      loss, accuracy, lr and EDE t per epoch
-
-A post-training conversion (:mod:`irconvert.train.posttrain`) writes one
-``model.pt`` instead.
+What a run directory holds, and every other output's name and overwrite
+rule, is :mod:`irconvert.outputs`'s.
 
 A run checkpoint is a plain dict saved with ``torch.save`` that loads with
 ``weights_only=True``:
@@ -50,16 +41,17 @@ from irconvert.convert import binarize_
 from irconvert.errors import ConfigError, LoadError
 from irconvert.io.checkpoint_file import FORMAT, is_checkpoint, read_checkpoint
 from irconvert.models import build_model
+from irconvert.outputs import (
+    BEST,
+    CONFIG,
+    FOLDER_CHECKPOINTS,
+    LAST,
+    RUN_FILES,
+    RUN_INFO,
+)
 
 __all__ = [
-    "BEST",
-    "CONFIG",
     "FORMAT",
-    "LAST",
-    "POSTTRAIN",
-    "RUN_FILES",
-    "RUN_INFO",
-    "RUN_OUTPUTS",
     "atomic_save",
     "check_new_run",
     "check_resumable",
@@ -76,19 +68,6 @@ __all__ = [
 ]
 
 VERSION = 1
-
-CONFIG = "config.yaml"
-RUN_INFO = "run.yaml"
-LAST = "last.pt"
-BEST = "best.pt"
-POSTTRAIN = "model.pt"
-# What a run directory needs to be continued, in the order a missing one is named.
-RUN_FILES = (LAST, CONFIG, RUN_INFO)
-# Every file a fine-tuning run writes (and only those).
-RUN_OUTPUTS = (CONFIG, RUN_INFO, LAST, BEST, "metrics.jsonl", "curves.png")
-# The checkpoint a folder stands for, in order of preference.
-_FOLDER_CHECKPOINTS = (BEST, LAST, POSTTRAIN)
-
 
 # -- run directories ---------------------------------------------------------
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
@@ -191,11 +170,11 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path)
     if p.is_dir():
-        for name in _FOLDER_CHECKPOINTS:
+        for name in FOLDER_CHECKPOINTS:
             if (p / name).is_file():
                 return p / name
-        raise LoadError(f"{path}: no {', '.join(_FOLDER_CHECKPOINTS[:-1])} or "
-                        f"{_FOLDER_CHECKPOINTS[-1]} in this folder")
+        raise LoadError(f"{path}: no {', '.join(FOLDER_CHECKPOINTS[:-1])} or "
+                        f"{FOLDER_CHECKPOINTS[-1]} in this folder")
     if not p.is_file():
         raise LoadError(f"{path}: no such file")
     return p
@@ -253,7 +232,7 @@ def peek_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """
     p = Path(path)
     if p.is_dir():
-        if not any((p / name).is_file() for name in _FOLDER_CHECKPOINTS):
+        if not any((p / name).is_file() for name in FOLDER_CHECKPOINTS):
             return None
         return load_run_checkpoint(p)
     if p.suffix != ".pt" or not p.is_file():

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from irconvert.checkpoint import RUN_OUTPUTS, atomic_save
+from irconvert.checkpoint import atomic_save
 from irconvert.config import TrainConfig
 from irconvert.config.recipe_file import recipe_from_dict
+from irconvert.outputs import RUN_OUTPUTS
 from irconvert.train.outcome import FitResult
 from irconvert.train.run import binarize_and_train
 

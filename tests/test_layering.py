@@ -15,7 +15,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "irconvert"
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "config": 0, "atomic": 0, "version": 0,
+    "errors": 0, "config": 0, "atomic": 0, "version": 0, "outputs": 0,
     "functional": 1,
     "nn": 2,
     "models": 3,

@@ -15,7 +15,8 @@ from rich.markup import escape
 
 from irconvert.cli._common import console, user_errors
 from irconvert.cli._tables import key_value_grid
-from irconvert.train.posttrain import CHECKPOINT_NAME, PostTrainResult, post_train
+from irconvert.outputs import POSTTRAIN
+from irconvert.train.posttrain import PostTrainResult, post_train
 
 __all__ = ["run_post_training"]
 
@@ -29,7 +30,7 @@ def _line(text: str) -> None:
 
 def _run_dir(path: Path) -> Path:
     """Where the fine-tuning run should go: beside the checkpoint."""
-    return path.parent if path.name == CHECKPOINT_NAME else path.with_suffix("")
+    return path.parent if path.name == POSTTRAIN else path.with_suffix("")
 
 
 def _command(*args: str) -> str:

@@ -119,6 +119,7 @@ def bench(
 
     Models take turns (round robin), so a change in machine load hits them alike.
     """
+    # Long for its signature (typer's options) and its table; the work is compare().
     import tempfile
 
     from irconvert.export.bench import build_comparison, compare

@@ -129,9 +129,9 @@ def _export(
 ) -> ExportSummary:
     """``export_checkpoint`` without the record of which file was read."""
     from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
-    from irconvert.export.files import check_output
     from irconvert.export.freeze import binary_layers, freeze
     from irconvert.export.meta import metadata_from_checkpoint
+    from irconvert.outputs import check_output
 
     record = lookup(fmt)
     record.check_options({"onnx_packed": onnx_packed, "opset": opset, "int8": int8,

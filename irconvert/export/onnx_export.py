@@ -42,11 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from irconvert.atomic import atomic_file
 from irconvert.errors import ExportError, MissingDependencyError
-from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import FrozenBinaryLayer, as_frozen, binary_layers
 from irconvert.export.meta import ONNX_KEY, check_metadata, encode_metadata
 from irconvert.export.sign_names import binary_call_order, name_signs
+from irconvert.outputs import check_output
 
 __all__ = ["DEFAULT_OPSET", "OnnxExport", "example_input", "export_onnx", "to_onnx_bytes"]
 

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from irconvert.atomic import atomic_dir, atomic_file
 from irconvert.errors import ExportError, MissingDependencyError
-from irconvert.export.files import atomic_dir, atomic_file, check_output
 from irconvert.export.freeze import as_frozen, binary_layers
 from irconvert.export.meta import OPENVINO_PATH, check_metadata, encode_metadata
 from irconvert.export.onnx_export import DEFAULT_OPSET, to_onnx_bytes
@@ -47,6 +47,7 @@ from irconvert.export.openvino_int8 import (
     quantize_kept_layers,
     runtime_precisions,
 )
+from irconvert.outputs import check_output
 
 __all__ = [
     "OpenVinoExport",

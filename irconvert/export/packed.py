@@ -64,10 +64,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from irconvert.atomic import atomic_file
 from irconvert.config import BinarizeConfig
 from irconvert.errors import ExportError, IRConvertError, LoadError
 from irconvert.export.bits import BIT_ORDER, packed_nbytes, unpack_signs
-from irconvert.export.files import atomic_file, check_output
 from irconvert.export.freeze import (
     FrozenBinaryLayer,
     _set_submodule,
@@ -86,6 +86,7 @@ from irconvert.export.packed_file import (
     payload_digest,
     read_header,
 )
+from irconvert.outputs import check_output
 
 __all__ = [
     "FORMAT",

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from irconvert.errors import LoadError
 from irconvert.io.checkpoint_file import file_sha256, load_state_dict_file
-from irconvert.io.offline import hub_offline_if_unreachable
 from irconvert.io.recognize import Recognition, recognize_detailed, shape_mismatches
 from irconvert.io.signatures import (
     SkipParameterInit,
@@ -22,6 +21,7 @@ from irconvert.io.signatures import (
     classifier_key,
     weight_keys,
 )
+from irconvert.models.offline import hub_offline_if_unreachable
 from irconvert.models.registry import ALIASES, build_model
 
 __all__ = ["CHECKPOINT_SUFFIXES", "LoadedModel", "fit_state_dict", "load_model"]

@@ -99,7 +99,7 @@ def _torchvision_weights_reachable(name: str) -> str | None:
     import torch
     import torchvision
 
-    from irconvert.io.offline import host_resolves
+    from irconvert.models.offline import host_resolves
 
     try:
         url = torchvision.models.get_model_weights(name).DEFAULT.url  # type: ignore[attr-defined]

@@ -15,32 +15,28 @@ fine-tune from the original).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from irconvert.checkpoint import POSTTRAIN, atomic_save, new_checkpoint, peek_checkpoint
+from irconvert.checkpoint import atomic_save, new_checkpoint, peek_checkpoint
 from irconvert.config import BinarizeConfig, TrainConfig
 from irconvert.convert import ConversionReport, binarize_
-from irconvert.errors import ConfigError, DataError, LoadError
+from irconvert.errors import DataError, LoadError
+from irconvert.outputs import POSTTRAIN, resolve_output
 
 if TYPE_CHECKING:
     from irconvert.train.evaluate import EvalResult
 
 __all__ = [
-    "CHECKPOINT_NAME",
     "DEFAULT_BN_BATCHES",
     "PostTrainResult",
-    "default_output",
     "origin_of",
     "post_train",
-    "resolve_output",
 ]
 
-CHECKPOINT_NAME = POSTTRAIN  # the file a conversion writes (in a folder)
 # BatchNorm must be re-estimated for a post-trained model to be usable at all,
 # so a recipe's bn_recalibration of 0 (its "off", meant for fine-tuning runs
 # that adapt BatchNorm anyway) means this many batches here.
@@ -71,50 +67,6 @@ class PostTrainResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _mode(act_bits: int) -> str:
-    return f"1w{act_bits}a"
-
-
-def _stem(source: str) -> str:
-    p = Path(source)
-    name = p.stem if p.suffix else p.name or source
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
-
-
-def default_output(source: str, act_bits: int, root: str | os.PathLike[str] = "runs",
-                   force: bool = False) -> Path:
-    """``runs/<stem>-1w1a/model.pt``, or ``-2``, ``-3``... when that folder is taken.
-
-    A taken folder (any content) is never written into unless ``force``, so
-    an earlier conversion or a fine-tuning run there is never replaced.
-    """
-    base = Path(root) / f"{_stem(source)}-{_mode(act_bits)}"
-    if force:
-        return base / CHECKPOINT_NAME
-    for i in range(1, 1000):
-        folder = base if i == 1 else base.with_name(f"{base.name}-{i}")
-        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
-            return folder / CHECKPOINT_NAME
-    raise ConfigError(f"{base}: 999 earlier conversions there; pass --out")
-
-
-def resolve_output(out: str | os.PathLike[str] | None, source: str, act_bits: int,
-                   force: bool = False) -> Path:
-    """The checkpoint file for ``--out``: a ``.pt`` file, or ``model.pt`` in a folder.
-
-    Raises:
-        ConfigError: the file exists and ``force`` is not set.
-    """
-    if out is None:
-        return default_output(source, act_bits, force=force)
-    p = Path(out)
-    target = p if p.suffix == ".pt" else p / CHECKPOINT_NAME
-    if target.exists() and not force:
-        raise ConfigError(f"{target} already exists; pass --force to replace it or choose "
-                          "another --out")
-    return target
-
-
 def _source_id(source: str) -> str:
     # Record files absolutely: the checkpoint may be used from another folder.
     p = Path(source)
@@ -129,7 +81,7 @@ def origin_of(path: str | os.PathLike[str]) -> tuple[dict[str, Any], TrainConfig
     """
     p = Path(path)
     if p.is_dir():  # a folder a conversion was written into
-        p = p / CHECKPOINT_NAME
+        p = p / POSTTRAIN
     obj = peek_checkpoint(p)  # None when not ours: the ordinary loader explains
     if obj is None or not isinstance(obj.get("origin"), dict):
         return None

@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from irconvert.checkpoint import LAST, check_resumable, is_run_dir
+from irconvert.checkpoint import check_resumable, is_run_dir
 from irconvert.errors import ConfigError
+from irconvert.outputs import LAST
 
 __all__ = ["Route", "RouteError", "plan_route"]
 

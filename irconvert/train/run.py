@@ -9,13 +9,13 @@ from typing import Any
 
 from torch import nn
 
-from irconvert.checkpoint import CONFIG as RUN_CONFIG
 from irconvert.checkpoint import check_new_run, load_resume_state, read_run_dir
 from irconvert.config import TrainConfig
 from irconvert.config.recipe_file import load_recipe
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.errors import DataError
 from irconvert.models.heads import model_channels
+from irconvert.outputs import CONFIG as RUN_CONFIG
 from irconvert.train.distributed import cleanup
 from irconvert.train.outcome import FitResult
 from irconvert.train.progress import Progress

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from irconvert.checkpoint import CONFIG as RUN_CONFIG
 from irconvert.checkpoint import atomic_save, new_checkpoint
 from irconvert.config.recipe_file import recipe_from_dict, save_recipe
 from irconvert.errors import IRConvertError, LoadError
+from irconvert.outputs import CONFIG as RUN_CONFIG
 from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult
 from irconvert.train.outcome import TrainingDiverged

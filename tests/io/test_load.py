@@ -334,7 +334,7 @@ def test_timm_pretrained_unreachable_fails_fast(
 
     from huggingface_hub import constants
 
-    monkeypatch.setattr("irconvert.io.offline.host_resolves", lambda *a, **k: False)
+    monkeypatch.setattr("irconvert.models.offline.host_resolves", lambda *a, **k: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
     start = time.perf_counter()
     msg = _one_line_error(LoadError, lambda: load_model("timm:resnet10t", pretrained=True))

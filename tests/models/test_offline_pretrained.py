@@ -14,7 +14,7 @@ from irconvert.models.registry import _download_error, build_model
 def test_torchvision_offline_fails_before_printing_a_download(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("irconvert.io.offline.host_resolves", lambda host="", timeout=3.0: False)
+    monkeypatch.setattr("irconvert.models.offline.host_resolves", lambda *a, **k: False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # nothing cached
     with pytest.raises(LoadError) as err:
         build_model("resnet18", pretrained=True)
