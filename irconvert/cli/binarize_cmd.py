@@ -98,10 +98,10 @@ def binarize(
     command that fine-tunes it. With --epochs 0: also re-estimate BatchNorm
     on --data and report the post-training accuracy.
     """
-    from irconvert.config import TrainConfig
-    from irconvert.config.recipe_file import apply_overrides, load_recipe
     # Long for its signature: typer reads the ~30 options from it. The body
     # parses, asks plan_route for the job, resolves the recipe and calls.
+    from irconvert.config import TrainConfig
+    from irconvert.config.recipe_file import apply_overrides, load_recipe
     from irconvert.outputs import CONFIG
     from irconvert.train.route import RouteError, plan_route
     from irconvert.train.run import binarize_and_train, resume_run
