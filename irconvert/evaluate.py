@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint, peek_checkpoint
 from irconvert.config import DataConfig
-from irconvert.errors import LoadError
+from irconvert.export.formats import is_export
 from irconvert.models.heads import model_channels, model_outputs
 
-__all__ = ["OpenedModel", "evaluate_any", "is_exported", "open_any"]
+__all__ = ["OpenedModel", "evaluate_any", "open_any"]
 
 
 @dataclass
@@ -57,17 +57,6 @@ class OpenedModel:
     eval_data: DataConfig = field(default_factory=DataConfig)
 
 
-def is_exported(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` names an exported model (by its suffix or OpenVINO folder)."""
-    from irconvert.export.runtime import detect_format
-
-    try:
-        detect_format(path)
-    except LoadError:
-        return False
-    return True
-
-
 def _eval_fields(data: dict[str, Any] | None) -> DataConfig:
     """The eval resize/crop of a recorded data section (the rest is for training)."""
     recorded = {k: v for k, v in (data or {}).items() if k in ("eval_resize", "eval_crop") and v}
@@ -88,7 +77,7 @@ def open_any(path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
     """
     p = Path(path)
     dev = torch.device(device)
-    if is_exported(p):
+    if is_export(p):
         return _open_exported(p)
     # A folder is a run directory (or a conversion's): its errors are the ones to show.
     ckpt = load_run_checkpoint(p) if p.is_dir() else peek_checkpoint(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,3 +25,18 @@ def make_imagefolder(root: Path, *, classes: int = 4, train: int = 12, val: int 
                     arr[: size // 2] += 150
                 Image.fromarray(arr).save(d / f"{i}.png")
     return root
+
+
+def fit_on_one_thread(*args: Any, **kwargs: Any) -> Any:
+    """``fit`` on one thread: a run compared bit for bit with a resumed one needs the
+    same thread count as the resume (float sums depend on it)."""
+    import torch
+
+    from irconvert.train.run import fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)

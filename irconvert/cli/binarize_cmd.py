@@ -29,7 +29,8 @@ def binarize(
         "--data", help="imagefolder:PATH, cifar10:PATH, cifar100:PATH, digits, or a folder.")]
     = None,
     recipe: Annotated[Path | None, typer.Option(
-        "--recipe", help="YAML training recipe (see recipes/); defaults when omitted.")] = None,
+        "--recipe", help="Training recipe: a YAML file, or a shipped recipe's name from any "
+        "directory ('irconvert recipes' lists them); defaults when omitted.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run directory to write (not needed with --dry-run). Without --data "
         "(or with --epochs 0): where model.pt goes (a folder or a .pt path; default "

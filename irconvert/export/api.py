@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from irconvert.errors import ExportError
 from irconvert.export.formats import FORMATS as TABLE
-from irconvert.export.formats import lookup
+from irconvert.export.formats import is_export, lookup
 from irconvert.export.writers import ExportJob, ExportSummary
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def export_checkpoint(
     from irconvert.errors import LoadError
 
     try:
-        origin = str(src) if _is_export(src) else str(find_checkpoint(src))
+        origin = str(src) if is_export(src) else str(find_checkpoint(src))
     except LoadError:
         origin = str(src)  # the export below says what is wrong with it
     summary = _export(src, fmt, out, force=force, onnx_packed=onnx_packed, opset=opset,
@@ -108,17 +108,6 @@ def export_checkpoint(
                       calib_images=calib_images, batch=batch)
     summary.source = origin
     return summary
-
-
-def _is_export(src: str | os.PathLike[str]) -> bool:
-    from irconvert.errors import LoadError
-    from irconvert.export.runtime import detect_format
-
-    try:
-        detect_format(src)
-    except LoadError:
-        return False
-    return True
 
 
 def _export(

@@ -18,7 +18,7 @@ from irconvert.export import engines, writers
 from irconvert.export.predictor import Predictor
 from irconvert.export.writers import ExportJob, ExportSummary
 
-__all__ = ["FORMATS", "ExportFormat", "format_of", "lookup"]
+__all__ = ["FORMATS", "ExportFormat", "format_of", "is_export", "lookup"]
 
 # The options of ``export_checkpoint`` that belong to one format or another.
 FORMAT_OPTIONS = ("onnx_packed", "opset", "int8", "data", "calib_images", "batch")
@@ -93,3 +93,12 @@ def format_of(path: str | os.PathLike[str]) -> ExportFormat:
         if fmt.names(p):
             return fmt
     raise LoadError(f"{p}: not an exported model (.irc, .onnx, or an OpenVINO .xml/directory)")
+
+
+def is_export(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is named like an exported model (its suffix, or an OpenVINO folder)."""
+    try:
+        format_of(path)
+    except LoadError:
+        return False
+    return True

@@ -18,6 +18,7 @@ from irconvert.train.ema import WeightAverage
 from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.run import fit
 from irconvert.train.trainer import Trainer
+from tests._train_helpers import fit_on_one_thread
 from tests.train.test_trainer import _assert_same, make_model, tiny_data, tiny_recipe  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,12 +54,7 @@ def test_the_recipe_field_is_checked() -> None:
 @pytest.fixture(scope="module")
 def ema_run(tiny_data: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("ema") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise equality needs the same thread count as the resume
-    try:
-        fit(make_model(), tiny_data, tiny_recipe(**EMA_RECIPE), out, quiet=True)
-    finally:
-        torch.set_num_threads(threads)
+    fit_on_one_thread(make_model(), tiny_data, tiny_recipe(**EMA_RECIPE), out, quiet=True)
     return out
 
 

@@ -17,7 +17,7 @@ from irconvert.nn import IRLayer
 from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.run import fit
 from irconvert.train.trainer import Trainer
-from tests._train_helpers import make_imagefolder
+from tests._train_helpers import fit_on_one_thread, make_imagefolder
 from tests.conftest import TinyNet
 
 
@@ -89,12 +89,7 @@ RESUME_RECIPE = {"epochs": 2, "ede": {"t_min": 0.1, "t_max": 10.0, "per": "step"
 @pytest.fixture(scope="module")
 def full_run(tiny_data: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("full") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise equality needs the same thread count as the resume
-    try:
-        fit(make_model(), tiny_data, tiny_recipe(**RESUME_RECIPE), out, quiet=True)
-    finally:
-        torch.set_num_threads(threads)
+    fit_on_one_thread(make_model(), tiny_data, tiny_recipe(**RESUME_RECIPE), out, quiet=True)
     return out
 
 
