@@ -53,6 +53,11 @@ class ExportFormat:
         suffix = target.suffix.lower()
         if suffix in self.suffixes or ("" in self.suffixes and target.is_dir()):
             return
+        # a folder may have a dot in its name ("r20.v2"): refuse only the
+        # names of other files (another format's, a checkpoint's)
+        taken = {s for f in FORMATS.values() for s in f.suffixes} | {".pt", ".pth", ".bin"}
+        if "" in self.suffixes and suffix not in taken:
+            return
         want = " or ".join("a folder" if s == "" else f"NAME{s}" for s in self.suffixes)
         better = target.with_suffix(self.suffixes[0])
         raise ExportError(f"{target}: --format {self.name} writes {want}, not a "

@@ -151,6 +151,9 @@ class Stages(RunParts):
 
             for buf in self.model.buffers():
                 dist.broadcast(buf, 0)
+            if self.ema is not None:  # its statistics averaged each rank's own
+                for buf in self.ema.module.buffers():
+                    dist.broadcast(buf, 0)
 
     def _sync_buffers_and_params(self) -> None:
         if self.env.distributed:
