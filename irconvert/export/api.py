@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from irconvert.errors import ExportError
 from irconvert.export.formats import FORMATS as TABLE
-from irconvert.export.formats import is_export, lookup
+from irconvert.export.formats import lookup
 from irconvert.export.writers import ExportJob, ExportSummary
 
 if TYPE_CHECKING:
@@ -96,35 +96,15 @@ def export_checkpoint(
     Raises:
         ExportError, LoadError, ConversionError, MissingDependencyError: one-line reasons.
     """
-    from irconvert.checkpoint import find_checkpoint
-    from irconvert.errors import LoadError
-
-    try:
-        origin = str(src) if is_export(src) else str(find_checkpoint(src))
-    except LoadError:
-        origin = str(src)  # the export below says what is wrong with it
-    summary = _export(src, fmt, out, force=force, onnx_packed=onnx_packed, opset=opset,
-                      input_size=input_size, int8=int8, data=data,
-                      calib_images=calib_images, batch=batch)
-    summary.source = origin
-    return summary
-
-
-def _export(
-    src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
-    onnx_packed: bool = False, opset: int | None = None,
-    input_size: tuple[int, ...] | None = None, int8: bool | None = None,
-    data: str | None = None, calib_images: int = 256, batch: int | None = None,
-) -> ExportSummary:
-    """``export_checkpoint`` without the record of which file was read."""
-    from irconvert.checkpoint import load_run_checkpoint, model_from_checkpoint
+    from irconvert.checkpoint import find_checkpoint, load_run_checkpoint, model_from_checkpoint
     from irconvert.export.freeze import binary_layers, freeze
     from irconvert.export.meta import metadata_from_checkpoint
     from irconvert.outputs import check_output
 
     record = lookup(fmt)
-    record.check_options({"onnx_packed": onnx_packed, "opset": opset, "int8": int8,
-                          "data": data, "batch": batch})
+    options = {"onnx_packed": onnx_packed, "opset": opset, "int8": int8, "data": data,
+               "calib_images": calib_images, "batch": batch}
+    record.check_options({k: v for k, v in options.items() if k != "calib_images"})
     if int8 and data is None:
         raise ExportError("--int8 needs calibration images: pass --data (e.g. "
                           "imagefolder:DIR) and optionally --calib-images N")
@@ -134,16 +114,18 @@ def _export(
         raise ExportError(f"--calib-images must be at least 1, not {calib_images}")
     target = Path(out)
     record.check_output(target)
-    check_output(target, force, directory=fmt == "openvino" and target.suffix != ".xml")
+    check_output(target, force, directory="" in record.suffixes and target.suffix != ".xml")
     if fmt == "openvino":  # fail on a missing engine before the slow part
         from irconvert.export.openvino_export import import_openvino
 
         import_openvino()
     ckpt: dict[str, Any] | None = None
+    source = Path(src)
     if _packed_source(src, fmt):
         frozen, metadata = _from_packed(src, input_size)
     else:
-        ckpt = load_run_checkpoint(src)
+        source = find_checkpoint(src)  # a run folder's best.pt, last.pt or model.pt
+        ckpt = load_run_checkpoint(source)
         model = model_from_checkpoint(ckpt)
         frozen = freeze(model)
         size_in = input_size or getattr(model, "irconvert_input_size", None)
@@ -151,8 +133,8 @@ def _export(
     # Trace at the size the metadata records, so the two cannot disagree.
     recorded = (metadata or {}).get("input_size")
     input_size = tuple(recorded) if recorded else input_size
-    options = {"onnx_packed": onnx_packed, "opset": opset, "int8": int8, "data": data,
-               "calib_images": calib_images, "batch": batch}
     job = ExportJob(frozen, target, force, metadata, input_size, len(binary_layers(frozen)),
                     ckpt, {k: v for k, v in options.items() if k in record.options})
-    return record.writer(job)
+    summary = record.writer(job)
+    summary.source = str(source)  # which file was read: a run folder stands for one
+    return summary
