@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from irconvert.errors import ExportError
 from irconvert.export.formats import FORMATS as TABLE
-from irconvert.export.formats import lookup
+from irconvert.export.formats import format_of, lookup
 from irconvert.export.writers import ExportJob, ExportSummary
 
 if TYPE_CHECKING:
@@ -28,10 +28,9 @@ def _packed_source(src: str | os.PathLike[str], fmt: str) -> bool:
     with what to do instead.
     """
     from irconvert.errors import LoadError
-    from irconvert.export.runtime import detect_format
 
     try:
-        kind = detect_format(src)
+        kind = format_of(src).name
     except LoadError:
         return False  # not an export: the checkpoint loader names what it is
     if kind == "packed" and fmt == "packed":

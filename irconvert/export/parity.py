@@ -92,9 +92,9 @@ class ParityReport:
 
 
 def _engine_of(path: Path) -> str:
-    from irconvert.export.runtime import detect_format
+    from irconvert.export.formats import format_of
 
-    return detect_format(path)
+    return format_of(path).name
 
 
 Signs = dict[str, np.ndarray]
