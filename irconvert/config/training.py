@@ -13,7 +13,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from irconvert.config.base import FieldError, Section, nonneg, positive, unit, unit_open
+from irconvert.config.base import (
+    FieldError,
+    Section,
+    nonneg,
+    one_or_many,
+    positive,
+    unit,
+    unit_open,
+)
 from irconvert.config.binarize import BinarizeConfig, EDEConfig
 
 __all__ = [
@@ -38,6 +46,11 @@ class OptimizerConfig(Section):
         nesterov: SGD Nesterov momentum.
         weight_decay: L2 / decoupled decay on conv and linear weights only.
         betas: Adam/AdamW betas.
+        norm_lr_scale: learning-rate multiplier for the 1-d parameters
+            (BatchNorm scales and shifts, biases, activation thresholds,
+            RPReLU slopes), which set a binary network's operating points and
+            may want another rate than its latent weights; 1 leaves them at
+            ``lr``.
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -46,6 +59,7 @@ class OptimizerConfig(Section):
     nesterov: bool = False
     weight_decay: float = nonneg(default=1e-4)
     betas: tuple[float, float] = unit_open(default=(0.9, 0.999))
+    norm_lr_scale: float = positive(default=1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +98,11 @@ class DataConfig(Section):
         crop: training crop size (null: the image size).
         padding: zero padding before the random crop (CIFAR: 4).
         random_resized_crop: ImageNet-style scale/aspect crop instead.
-        flip: random horizontal flip.
+        flip: horizontal flip: ``true`` at random (half the images each
+            epoch), ``alternate`` derandomized as in airbench (Jordan, 2024):
+            each image is flipped or not at random in the first epoch and the
+            other way in the next, so every two epochs see both views of every
+            image; ``false`` never.
         color_jitter: brightness, contrast, saturation, hue (empty: off).
         eval_resize: resize the shorter side before the centre crop (null: no).
         eval_crop: centre crop at evaluation (null: no crop).
@@ -102,7 +120,7 @@ class DataConfig(Section):
     crop: int | None = positive(default=None)
     padding: int = nonneg(default=0)
     random_resized_crop: bool = False
-    flip: bool = True
+    flip: bool | Literal["alternate"] = True
     color_jitter: tuple[float, ...] = nonneg(default=())
     eval_resize: int | None = positive(default=None)
     eval_crop: int | None = positive(default=None)
@@ -129,7 +147,7 @@ class DataConfig(Section):
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig(Section):
-    """Distillation from the original full-precision model (a frozen teacher).
+    """Distillation from a frozen full-precision teacher: the original model by default.
 
     Args:
         kind: ``logits``: ``(1 - alpha) * CE(labels) + alpha * T^2 * KL`` at
@@ -140,13 +158,29 @@ class DistillConfig(Section):
         temperature: softmax temperature of the distillation term.
         features: weight of matching the outputs of rewritten residual blocks
             (spatial attention maps, Zagoruyko & Komodakis 2017, as in
-            Real-to-Binary); 0 turns it off.
+            Real-to-Binary); 0 turns it off. Needs the original model as
+            the teacher (the blocks are matched by name).
+        teacher: the teacher instead of the model being converted: a
+            checkpoint or a model name, as ``irconvert binarize`` takes
+            them, or a list of them for an ensemble (the mean of their
+            logits). Each must have as many classes as the data and take
+            the same inputs (the same normalisation). Paths are read
+            relative to the working directory; ``[]``: the original model.
     """
 
     kind: Literal["logits", "distributional"] = "logits"
     alpha: float = unit(default=0.5)
     temperature: float = positive(default=1.0)
     features: float = nonneg(default=0.0)
+    teacher: tuple[str, ...] = one_or_many(default=())
+
+    def check_fields(self) -> None:
+        if self.teacher and self.features > 0:
+            raise FieldError("features", "0 when {0} is set (blocks are matched by name "
+                             "with the original model)", self.features, ("teacher",))
+        if any(not t.strip() for t in self.teacher):
+            raise FieldError("teacher", "a list of checkpoint paths or model names",
+                             self.teacher)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,6 +315,11 @@ class TrainConfig(Section):
                              self.schedule.milestones)
         if not self.stages:
             return
+        teachers = {st.distill.teacher for st in self.stage_list() if st.distill is not None}
+        if len(teachers) > 1:
+            raise FieldError("stages", "stages that distill from one teacher ({0} differs "
+                             "between them)", [list(t) for t in sorted(teachers)],
+                             ("distill.teacher",))
         if self.steps is not None:
             raise FieldError("steps", "null when there are {0} (each stage gives its epochs)",
                              self.steps, ("stages",))

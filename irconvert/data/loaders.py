@@ -12,7 +12,7 @@ Two things make an interrupted run resume bit-exactly:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,7 @@ def build_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]
             if size is None:
                 raise ConfigError("field 'data.crop' must be set when data.padding is used")
             steps.append(T.RandomCrop(size, padding=cfg.padding or None))
-        if cfg.flip:
+        if cfg.flip is True:  # "alternate" is the dataset's (it needs the index)
             steps.append(T.RandomHorizontalFlip())
         if cfg.color_jitter:
             steps.append(T.ColorJitter(*cfg.color_jitter))
@@ -108,11 +108,30 @@ def build_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]
     return T.Compose(steps)
 
 
-class AugmentedDataset(Dataset[tuple[Tensor, int] | None]):
-    """Apply ``transform`` with a torch RNG seeded from ``(seed, epoch, index)``."""
+_FLIP_STREAM = 0xF11B  # keeps the flip bits apart from the augmentation seeds
 
-    def __init__(self, base: Dataset[Any], transform: Any, seed: int = 0) -> None:
+
+def alternate_flips(seed: int, epoch: int, indices: Iterable[int]) -> list[bool]:
+    """Derandomized flips: image ``i`` is flipped in epoch ``e`` iff ``bit(i) != e % 2``.
+
+    ``bit(i)`` is a fair coin drawn once per image from ``seed``, so each
+    epoch flips about half the images and any two consecutive epochs show
+    every image both ways (airbench's alternating flip).
+    """
+    return [bool(sample_seed(seed, _FLIP_STREAM, i) & 1) != bool(epoch & 1) for i in indices]
+
+
+class AugmentedDataset(Dataset[tuple[Tensor, int] | None]):
+    """Apply ``transform`` with a torch RNG seeded from ``(seed, epoch, index)``.
+
+    ``alternate_flip``: flip the transformed tensor as :func:`alternate_flips`
+    says (the transform then holds no random flip of its own).
+    """
+
+    def __init__(self, base: Dataset[Any], transform: Any, seed: int = 0, *,
+                 alternate_flip: bool = False) -> None:
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+        self.alternate_flip = alternate_flip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -127,7 +146,10 @@ class AugmentedDataset(Dataset[tuple[Tensor, int] | None]):
         img, label = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, self.epoch, i))
-            return self.transform(img), int(label)
+            x = self.transform(img)
+        if self.alternate_flip and alternate_flips(self.seed, self.epoch, [i])[0]:
+            x = x.flip(-1)
+        return x, int(label)
 
 
 class ResumableSampler(DistributedSampler[int]):
@@ -235,12 +257,15 @@ class GPUCachedLoader:
                                         shuffle=train, seed=seed)
         self.drop_last = train and self.sampler.num_samples >= batch_size
         self.dataset = self.labels  # len() like a DataLoader's dataset
+        if train and cfg.flip == "alternate":  # epoch 0's flips; odd epochs invert them
+            self.flip_bits = torch.tensor(alternate_flips(seed, 0, range(len(labels))),
+                                          device=device)
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _augment(self, x: Tensor, idx: Tensor, gen: torch.Generator) -> Tensor:
         n, _, h, w = x.shape
         crop_h, crop_w = (self.cfg.crop, self.cfg.crop) if self.cfg.crop else (h, w)
         pad = self.cfg.padding
@@ -255,8 +280,11 @@ class GPUCachedLoader:
             b = torch.arange(n, device=self.device)[:, None, None, None]
             ch = torch.arange(x.shape[1], device=self.device)[None, :, None, None]
             x = x[b, ch, rows, cols]
-        if self.cfg.flip:
+        if self.cfg.flip is True:
             flip = torch.rand(n, generator=gen, device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        elif self.cfg.flip == "alternate":
+            flip = self.flip_bits[idx] ^ bool(self.sampler.epoch & 1)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
 
@@ -269,6 +297,6 @@ class GPUCachedLoader:
             if self.train:
                 gen = torch.Generator(device=self.device)
                 gen.manual_seed(sample_seed(self.seed, self.sampler.epoch, first + b))
-                x = self._augment(x, gen)
+                x = self._augment(x, idx, gen)
             x = (x.float() / 255.0 - self.mean) / self.std
             yield x, self.labels[idx]

@@ -13,22 +13,29 @@ from irconvert.config import OptimizerConfig, ScheduleConfig
 __all__ = ["build_optimizer", "lr_factor_fn", "param_groups"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Conv/linear weights decay; biases, BatchNorm and other 1-d parameters do not."""
+def param_groups(model: nn.Module, weight_decay: float, lr: float,
+                 norm_lr_scale: float = 1.0) -> list[dict[str, object]]:
+    """Conv/linear weights decay; biases, BatchNorm and other 1-d parameters do not.
+
+    The 1-d group (which also holds activation thresholds and RPReLU
+    parameters) runs at ``lr * norm_lr_scale``; the schedule scales both
+    groups by the same factor (``LambdaLR`` multiplies each group's own lr).
+    """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
-    groups: list[dict[str, object]] = [{"params": decay, "weight_decay": weight_decay}]
+    groups: list[dict[str, object]] = [{"params": decay, "weight_decay": weight_decay,
+                                        "lr": lr}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale})
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.norm_lr_scale)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,  # type: ignore[arg-type]
                                nesterov=cfg.nesterov and cfg.momentum > 0)

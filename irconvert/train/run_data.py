@@ -46,7 +46,8 @@ class RunData(RunParts):
         train_tf = build_transform(r.data, self.mean, self.std, train=True, image_size=size)
         val_tf = build_transform(r.data, self.mean, self.std, train=False)
         pin = r.data.pin_memory and self.device.type == "cuda"
-        self.train_set = AugmentedDataset(d.train, train_tf, seed=r.seed)
+        self.train_set = AugmentedDataset(d.train, train_tf, seed=r.seed,
+                                          alternate_flip=r.data.flip == "alternate")
         self.train_loader = make_loader(self.train_set, batch_size=r.batch_size, train=True,
                                         seed=r.seed, workers=r.workers, pin_memory=pin, **common)
         self.val_loader = make_loader(AugmentedDataset(d.val, val_tf), batch_size=r.batch_size,

@@ -54,6 +54,7 @@ class RunParts:
     forward_model: nn.Module
     teacher: nn.Module | None
     teacher_fn: Any
+    teacher_ids: list[dict[str, Any]]  # distill.teacher's sources and digests ([]: the model)
     report: ConversionReport
     distill: nn.Module | None
     optimizer: torch.optim.Optimizer

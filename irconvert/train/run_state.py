@@ -51,7 +51,7 @@ class RunState(RunParts):
             classes=list(self.data.classes), stage=self.stage_index,
             thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
             budget=self.budget_decision, elapsed_s=self.elapsed_s(),
-            input_size=self.input_size, **averaged,
+            input_size=self.input_size, teacher=self.teacher_ids, **averaged,
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -88,6 +88,7 @@ class RunState(RunParts):
             else:
                 self.progress.log("note: budget_minutes applies from a run's start; this "
                                   f"resumed run keeps its {self.epochs} epochs")
+        self._check_teacher(ckpt.get("teacher") or [])
         self._thresholds_set = bool(ckpt.get("thresholds_set", True))
         saved_stage = int(ckpt.get("stage", 0))
         current = self.stage_of(self.epoch)
@@ -113,6 +114,14 @@ class RunState(RunParts):
             else:
                 self.progress.log("note: ema starts now: the run was saved without one")
         set_rng_state(ckpt["rng"])
+
+    def _check_teacher(self, saved: list[dict[str, Any]]) -> None:
+        """Say so when the teacher's files changed since the run started."""
+        before = {t["source"]: t.get("sha256") for t in saved}
+        for t in self.teacher_ids:
+            if t["source"] in before and before[t["source"]] != t.get("sha256"):
+                self.progress.log(f"note: teacher {t['source']} changed since the run "
+                                  "started; the resumed run is not the one it would have been")
 
     def _save(self, name: str, ckpt: dict[str, Any] | None = None) -> None:
         if self.env.is_main:

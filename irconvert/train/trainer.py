@@ -45,6 +45,7 @@ from irconvert.train.run_data import RunData
 from irconvert.train.run_state import RunState
 from irconvert.train.signals import stop_signals
 from irconvert.train.stages import Stages
+from irconvert.train.teachers import load_teacher
 
 __all__ = ["Trainer"]
 
@@ -107,8 +108,10 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             raise DataError(f"{data.name}: no train/ split to fine-tune on")
         data.set_bad_files(recipe.data.bad_files)
         self.skipped: list[str] = []
+        # before the data is read: a teacher that does not load fails at once
+        teacher, self.teacher_ids = self._load_teacher()
         self._setup_data(model, replace_classifier)
-        self._setup_model(model, evaluate_fp)
+        self._setup_model(model, teacher, evaluate_fp)
         self._setup_length()
 
     def _setup_data(self, model: nn.Module, replace_classifier: bool) -> None:
@@ -129,15 +132,19 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
         self._note_skipped()  # the in-memory path has read every file already
         self.input_size = self._eval_input_size()
 
-    def _setup_model(self, model: nn.Module, evaluate_fp: bool) -> None:
-        """Measure the float model, binarize it, keep a teacher, wrap for DDP and compile."""
+    def _setup_model(self, model: nn.Module, teacher: nn.Module | None,
+                     evaluate_fp: bool) -> None:
+        """Measure the float model, binarize it, keep a teacher, wrap for DDP and compile.
+
+        ``teacher``: ``distill.teacher``'s; None distills from a copy of ``model``.
+        """
         recipe = self.recipe
         self.fp_result: EvalResult | None = None
         model = model.to(self.device)
         if evaluate_fp:  # every rank takes part (the sums are all-reduced)
             self.fp_result = evaluate(model, self.val_loader, self.device, env=self.env)
-        uses_teacher = any(st.distill is not None for st in self.stages)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False) if uses_teacher else None
+        if teacher is None and any(st.distill is not None for st in self.stages):
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
         self.report: ConversionReport = binarize_(model, recipe.binarize, warn=False)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
@@ -163,6 +170,19 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             self.forward_model = DDP(model, device_ids=ids)
         if self.compile:
             self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
+
+    def _load_teacher(self) -> tuple[nn.Module | None, list[dict[str, Any]]]:
+        """``distill.teacher`` on the device; ``(None, [])`` for the original model.
+
+        Every stage distills from the same teacher (the recipe checks it).
+        """
+        specs = [st.distill.teacher for st in self.stages if st.distill is not None]
+        if not specs or not specs[0]:
+            return None, []
+        loaded = load_teacher(specs[0], self.data.num_classes)
+        for source in loaded.sources:
+            self.progress.log(f"teacher: {source['source']} ({source['arch']})")
+        return loaded.module.to(self.device), loaded.sources
 
     def _setup_length(self) -> None:
         """The run's length, its stages, the first stage entered, and position 0."""

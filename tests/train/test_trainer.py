@@ -164,10 +164,8 @@ def test_steps_schedule_warmup_and_milestones() -> None:
 def test_no_weight_decay_on_bn_and_bias() -> None:
     from irconvert.train.optim import param_groups
 
-    groups = param_groups(TinyNet(), 1e-4)
-    decayed = {id(p) for p in groups[0]["params"]}  # type: ignore[attr-defined]
     model = TinyNet()
-    groups = param_groups(model, 1e-4)
+    groups = param_groups(model, 1e-4, 0.1)
     decayed = {id(p) for p in groups[0]["params"]}  # type: ignore[attr-defined]
     assert id(model.conv1.weight) in decayed and id(model.fc.weight) in decayed
     assert id(model.bn1.weight) not in decayed and id(model.fc.bias) not in decayed
