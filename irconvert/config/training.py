@@ -274,6 +274,12 @@ class TrainConfig(Section):
         eval_every: evaluate every N epochs (and always after the last).
         bn_recalibration: before fine-tuning, re-estimate BatchNorm statistics
             of the converted model over this many training batches (0: off).
+        init: start the converted model from another irconvert run of the
+            same network instead of the full-precision weights: its
+            ``best.pt``/``last.pt`` or its folder (e.g. a 1W/32A run when
+            training 1W/1A). Tensors with the same name and shape are copied;
+            the teacher stays the original model. Read relative to the
+            working directory; null: the full-precision weights.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
     """
 
@@ -299,6 +305,7 @@ class TrainConfig(Section):
     ema: EMAConfig | None = None
     eval_every: int = positive(default=1)
     bn_recalibration: int = nonneg(default=0)
+    init: str | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -54,6 +54,7 @@ class RunParts:
     forward_model: nn.Module
     teacher: nn.Module | None
     teacher_fn: Any
+    init_info: dict[str, Any] | None  # what ``init`` copied at the run's start
     teacher_ids: list[dict[str, Any]]  # distill.teacher's sources and digests ([]: the model)
     report: ConversionReport
     distill: nn.Module | None

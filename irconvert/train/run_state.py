@@ -51,7 +51,8 @@ class RunState(RunParts):
             classes=list(self.data.classes), stage=self.stage_index,
             thresholds_set=self._thresholds_set, skipped_files=list(self.skipped),
             budget=self.budget_decision, elapsed_s=self.elapsed_s(),
-            input_size=self.input_size, teacher=self.teacher_ids, **averaged,
+            input_size=self.input_size, teacher=self.teacher_ids, init=self.init_info,
+            **averaged,
         )
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -89,6 +90,7 @@ class RunState(RunParts):
                 self.progress.log("note: budget_minutes applies from a run's start; this "
                                   f"resumed run keeps its {self.epochs} epochs")
         self._check_teacher(ckpt.get("teacher") or [])
+        self.init_info = ckpt.get("init")
         self._thresholds_set = bool(ckpt.get("thresholds_set", True))
         saved_stage = int(ckpt.get("stage", 0))
         current = self.stage_of(self.epoch)

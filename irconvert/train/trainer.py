@@ -35,6 +35,7 @@ from irconvert.train.budget_keeping import BudgetKeeping
 from irconvert.train.distributed import all_reduce_sum, init_distributed
 from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult, evaluate
+from irconvert.train.init_weights import init_from_run
 from irconvert.train.memory import release_freed_memory, retain_freed_memory
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.outcome import FitResult, TrainingDiverged, TrainingInterrupted
@@ -108,6 +109,7 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             raise DataError(f"{data.name}: no train/ split to fine-tune on")
         data.set_bad_files(recipe.data.bad_files)
         self.skipped: list[str] = []
+        self.init_info: dict[str, Any] | None = None  # what ``init`` copied, at a new start
         # before the data is read: a teacher that does not load fails at once
         teacher, self.teacher_ids = self._load_teacher()
         self._setup_data(model, replace_classifier)
@@ -357,6 +359,10 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
         """A new run's start: warnings, calibration, the time budget, the weight average."""
         for line in self.report.warnings:
             self.progress.log(f"warning: {line}")
+        if self.recipe.init is not None:
+            self.init_info = init_from_run(self.model, self.recipe.init, self.arch)
+            self.progress.log(f"init: {self.init_info['copied']} of "
+                              f"{self.init_info['tensors']} tensors from {self.recipe.init}")
         if self.evaluate_start:
             self.start_top1["converted"] = self._quick_eval().top1
         self._calibrate()

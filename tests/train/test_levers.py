@@ -189,3 +189,89 @@ def test_the_teacher_changes_the_loss(tiny_data: str, tmp_path: Path) -> None:  
         fit_on_one_thread(make_model(), tiny_data, recipe, tmp_path / name, quiet=True)
         rows.append(torch.load(tmp_path / name / "last.pt", weights_only=True)["history"][-1])
     assert rows[0]["train_loss"] != rows[1]["train_loss"]
+
+
+# -- init: starting from another run's weights (1W/1A from a 1W/32A run) ------------------
+
+@pytest.fixture(scope="module")
+def run_1w32a(tiny_data: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("init") / "w"
+    torch.manual_seed(0)
+    fit_on_one_thread(build_model("cifar_resnet20", num_classes=4), tiny_data,
+                      tiny_recipe(epochs=1, binarize={"act_bits": 32}), out, quiet=True,
+                      arch="cifar_resnet20")
+    return out
+
+
+def test_init_copies_every_fitting_tensor(run_1w32a: Path) -> None:
+    from irconvert.config import BinarizeConfig
+    from irconvert.convert import binarize_
+    from irconvert.train.init_weights import init_from_run
+
+    model = build_model("cifar_resnet20", num_classes=4)
+    binarize_(model, BinarizeConfig(act_bits=1), warn=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = init_from_run(model, str(run_1w32a), "cifar_resnet20")
+    theirs = torch.load(run_1w32a / "best.pt", weights_only=True)["model"]
+    after = model.state_dict()
+    copied = [k for k in after if k in theirs and not k.endswith(("ede_t", "ede_k"))]
+    assert info["copied"] == len(copied) > 0 and info["mode"] == 32
+    for key in copied:
+        assert torch.equal(after[key], theirs[key]), key
+    for key in after:
+        if key not in copied:
+            assert torch.equal(after[key], before[key]), key
+    # the 1W/32A run trained its weights: they are not the fresh model's
+    assert any(not torch.equal(before[k], after[k]) for k in copied)
+
+
+def test_init_errors_are_one_line(run_1w32a: Path, tmp_path: Path) -> None:
+    from irconvert.train.init_weights import init_from_run
+
+    model = build_model("cifar_resnet20", num_classes=4)
+    (tmp_path / "m.irc").write_bytes(b"IRC")
+    cases = [(str(tmp_path / "m.irc"), "cifar_resnet20", r"signs, not the latent"),
+             (str(tmp_path / "none.pt"), "cifar_resnet20", r"init: .*no such file"),
+             (str(run_1w32a), "cifar_resnet32", r"a run of cifar_resnet20, but this run"),
+             (str(run_1w32a), None, None)]
+    for source, arch, message in cases:
+        if message is None:
+            init_from_run(model, source, arch)  # the architecture unknown here: allowed
+            continue
+        with pytest.raises(ConfigError, match=message) as err:
+            init_from_run(model, source, arch)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"conv1.weight is \[16, 3, 3, 3\] there but "
+                                          r"\[16, 8, 3, 3\] here"):
+        init_from_run(make_model(), str(run_1w32a), None)
+    with pytest.raises(ConfigError, match=r"no tensor of it fits"):
+        init_from_run(nn.Sequential(nn.Linear(2, 2)), str(run_1w32a), None)
+
+
+def test_a_run_with_init_records_it_and_resumes_exactly(tiny_data: str,  # noqa: F811
+                                                        run_1w32a: Path,
+                                                        tmp_path: Path) -> None:
+    recipe = tiny_recipe(epochs=2, init=str(run_1w32a),
+                         ede={"t_min": 0.1, "t_max": 10.0, "per": "step"})
+
+    def model() -> nn.Module:
+        torch.manual_seed(3)
+        return build_model("cifar_resnet20", num_classes=4)
+
+    fit_on_one_thread(model(), tiny_data, recipe, tmp_path / "full", quiet=True,
+                      arch="cifar_resnet20")
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    assert full["init"]["source"] == str(run_1w32a) and full["init"]["copied"] > 0
+
+    def stop(trainer: Trainer) -> None:
+        if trainer.global_step == 4:
+            trainer.stop_requested = True
+
+    with pytest.raises(TrainingInterrupted):
+        fit(model(), tiny_data, recipe, tmp_path / "cut", quiet=True, on_step=stop,
+            arch="cifar_resnet20")
+    fit(model(), tiny_data, recipe, tmp_path / "cut", quiet=True, resume=True,
+        arch="cifar_resnet20")
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    _assert_same(full["model"], cut["model"])
+    assert cut["init"] == full["init"]
