@@ -27,9 +27,25 @@ from irconvert.checkpoint import find_checkpoint, load_run_checkpoint
 from irconvert.errors import ConfigError, IRConvertError
 from irconvert.io.checkpoint_file import file_sha256
 
-__all__ = ["init_from_run"]
+__all__ = ["check_init", "init_from_run"]
 
 _SCHEDULE_STATE = ("ede_t", "ede_k")
+
+
+def _read(source: str) -> tuple[Path, dict[str, Any]]:
+    if Path(source).suffix == ".irc":
+        raise ConfigError(f"init {source}: a packed .irc keeps the signs, not the latent "
+                          "weights training needs; give the run's best.pt or last.pt")
+    try:
+        path = find_checkpoint(source)
+        return path, load_run_checkpoint(path)
+    except IRConvertError as exc:
+        raise ConfigError(f"init: {exc}") from None
+
+
+def check_init(source: str) -> None:
+    """Fail at once, before any data is read, when ``init`` names no run checkpoint."""
+    _read(source)
 
 
 def init_from_run(model: nn.Module, source: str, arch: str | None) -> dict[str, Any]:
@@ -47,14 +63,7 @@ def init_from_run(model: nn.Module, source: str, arch: str | None) -> dict[str, 
             checkpoint (a packed ``.irc`` keeps signs, not latent weights), is
             another architecture, or shares no tensor with ``model``.
     """
-    if Path(source).suffix == ".irc":
-        raise ConfigError(f"init {source}: a packed .irc keeps the signs, not the latent "
-                          "weights training needs; give the run's best.pt or last.pt")
-    try:
-        path = find_checkpoint(source)
-        ckpt = load_run_checkpoint(path)
-    except IRConvertError as exc:
-        raise ConfigError(f"init: {exc}") from None
+    path, ckpt = _read(source)
     theirs = ckpt.get("arch")
     if arch and theirs and theirs != arch:
         raise ConfigError(f"init {source}: a run of {theirs}, but this run trains {arch}")

@@ -17,6 +17,7 @@ from irconvert.errors import DataError
 from irconvert.models.heads import model_channels
 from irconvert.outputs import CONFIG as RUN_CONFIG
 from irconvert.train.distributed import cleanup
+from irconvert.train.init_weights import check_init
 from irconvert.train.outcome import FitResult
 from irconvert.train.progress import Progress
 from irconvert.train.trainer import Trainer
@@ -53,6 +54,8 @@ def fit(model: nn.Module, data: DataBundle | str, recipe: TrainConfig,
         ckpt = load_resume_state(out)
     else:
         check_new_run(out)
+        if recipe.init is not None:  # before the data is read
+            check_init(recipe.init)
     if isinstance(data, str):
         data = open_data(data, channels=model_channels(model), download=download,
                          bad_files=recipe.data.bad_files)

@@ -275,3 +275,11 @@ def test_a_run_with_init_records_it_and_resumes_exactly(tiny_data: str,  # noqa:
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     _assert_same(full["model"], cut["model"])
     assert cut["init"] == full["init"]
+
+
+def test_a_missing_init_fails_before_the_data_is_read(tmp_path: Path) -> None:
+    recipe = tiny_recipe(init=str(tmp_path / "no-run"))
+    with pytest.raises(ConfigError, match=r"^init: .*no-run: no such file"):
+        fit(make_model(), f"imagefolder:{tmp_path / 'no-data'}", recipe, tmp_path / "run",
+            quiet=True)
+    assert not (tmp_path / "run").exists()
