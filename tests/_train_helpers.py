@@ -40,3 +40,19 @@ def fit_on_one_thread(*args: Any, **kwargs: Any) -> Any:
         return fit(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def cut_and_resume(make: Any, data: str, recipe: Any, out: Path, *, at_step: int,
+                   **kwargs: Any) -> None:
+    """Fit ``make()`` until step ``at_step`` (stopped as SIGTERM would), then ``--resume``."""
+    import pytest
+
+    from irconvert.train.outcome import TrainingInterrupted
+    from irconvert.train.run import fit
+
+    def stop(trainer: Any) -> None:
+        trainer.stop_requested = trainer.global_step == at_step
+
+    with pytest.raises(TrainingInterrupted):
+        fit(make(), data, recipe, out, quiet=True, on_step=stop, **kwargs)
+    fit(make(), data, recipe, out, quiet=True, resume=True, **kwargs)

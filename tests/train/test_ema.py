@@ -15,10 +15,8 @@ from irconvert.errors import ConfigError
 from irconvert.export.api import export_checkpoint
 from irconvert.export.packed import load_packed
 from irconvert.train.ema import WeightAverage
-from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.run import fit
-from irconvert.train.trainer import Trainer
-from tests._train_helpers import fit_on_one_thread
+from tests._train_helpers import cut_and_resume, fit_on_one_thread
 from tests.train.test_trainer import _assert_same, make_model, tiny_data, tiny_recipe  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,13 +89,7 @@ def test_resume_with_the_average_is_exact(tiny_data: str, ema_run: Path,  # noqa
                                           tmp_path: Path) -> None:
     recipe = tiny_recipe(**EMA_RECIPE)
 
-    def stop(trainer: Trainer) -> None:
-        if trainer.global_step == 4:
-            trainer.stop_requested = True
-
-    with pytest.raises(TrainingInterrupted):
-        fit(make_model(), tiny_data, recipe, tmp_path / "cut", quiet=True, on_step=stop)
-    fit(make_model(), tiny_data, recipe, tmp_path / "cut", quiet=True, resume=True)
+    cut_and_resume(make_model, tiny_data, recipe, tmp_path / "cut", at_step=4)
     full = torch.load(ema_run / "last.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     _assert_same(full["model"], cut["model"])

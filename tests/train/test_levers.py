@@ -19,11 +19,9 @@ from irconvert.data.loaders import AugmentedDataset, GPUCachedLoader, alternate_
 from irconvert.errors import ConfigError
 from irconvert.models import build_model
 from irconvert.train.optim import build_optimizer, lr_factor_fn
-from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.run import fit
 from irconvert.train.teachers import TeacherEnsemble, load_teacher
-from irconvert.train.trainer import Trainer
-from tests._train_helpers import fit_on_one_thread
+from tests._train_helpers import cut_and_resume, fit_on_one_thread
 from tests.train.test_trainer import _assert_same, make_model, tiny_data, tiny_recipe  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,13 +165,7 @@ def test_a_run_with_the_levers_trains_and_resumes_exactly(tiny_data: str,  # noq
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     assert full["teacher"][0]["source"] == str(teacher)
 
-    def stop(trainer: Trainer) -> None:
-        if trainer.global_step == 4:
-            trainer.stop_requested = True
-
-    with pytest.raises(TrainingInterrupted):
-        fit(make_model(), tiny_data, recipe, tmp_path / "cut", quiet=True, on_step=stop)
-    fit(make_model(), tiny_data, recipe, tmp_path / "cut", quiet=True, resume=True)
+    cut_and_resume(make_model, tiny_data, recipe, tmp_path / "cut", at_step=4)
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     _assert_same(full["model"], cut["model"])
     assert full["history"][-1]["train_loss"] == cut["history"][-1]["train_loss"]
@@ -263,15 +255,7 @@ def test_a_run_with_init_records_it_and_resumes_exactly(tiny_data: str,  # noqa:
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     assert full["init"]["source"] == str(run_1w32a) and full["init"]["copied"] > 0
 
-    def stop(trainer: Trainer) -> None:
-        if trainer.global_step == 4:
-            trainer.stop_requested = True
-
-    with pytest.raises(TrainingInterrupted):
-        fit(model(), tiny_data, recipe, tmp_path / "cut", quiet=True, on_step=stop,
-            arch="cifar_resnet20")
-    fit(model(), tiny_data, recipe, tmp_path / "cut", quiet=True, resume=True,
-        arch="cifar_resnet20")
+    cut_and_resume(model, tiny_data, recipe, tmp_path / "cut", at_step=4, arch="cifar_resnet20")
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     _assert_same(full["model"], cut["model"])
     assert cut["init"] == full["init"]
