@@ -280,11 +280,10 @@ class GPUCachedLoader:
             b = torch.arange(n, device=self.device)[:, None, None, None]
             ch = torch.arange(x.shape[1], device=self.device)[None, :, None, None]
             x = x[b, ch, rows, cols]
-        if self.cfg.flip is True:
-            flip = torch.rand(n, generator=gen, device=self.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        elif self.cfg.flip == "alternate":
-            flip = self.flip_bits[idx] ^ bool(self.sampler.epoch & 1)
+        if self.cfg.flip:
+            flip = (self.flip_bits[idx] ^ bool(self.sampler.epoch & 1)
+                    if self.cfg.flip == "alternate"
+                    else torch.rand(n, generator=gen, device=self.device) < 0.5)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
 

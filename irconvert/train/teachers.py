@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from irconvert.errors import ConfigError, IRConvertError
@@ -77,6 +76,4 @@ def load_teacher(sources: Sequence[str], num_classes: int) -> LoadedTeacher:
         members.append(loaded.model.eval().requires_grad_(False))
         ids.append({"source": source, "arch": loaded.arch, "sha256": loaded.sha256})
     module = members[0] if len(members) == 1 else TeacherEnsemble(members)
-    with torch.no_grad():
-        module.eval()
-    return LoadedTeacher(module, ids)
+    return LoadedTeacher(module.eval(), ids)
