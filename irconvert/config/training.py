@@ -277,8 +277,9 @@ class TrainConfig(Section):
         init: start the converted model from another irconvert run of the
             same network instead of the full-precision weights: its
             ``best.pt``/``last.pt`` or its folder (e.g. a 1W/32A run when
-            training 1W/1A). Tensors with the same name and shape are copied;
-            the teacher stays the original model. Read relative to the
+            training 1W/1A). Every tensor with the same name is copied (the
+            same name with another shape is an error); the teacher stays the
+            original model. Read relative to the
             working directory; null: the full-precision weights.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
     """
