@@ -384,6 +384,11 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             ev = self._quick_eval()
             self._eval_secs.append(time.perf_counter() - eval_start)
             row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
+            if self.ema is not None:
+                # the trained weights too: the average's gain, read off one trajectory
+                raw = evaluate(self.model, self.val_loader, self.device, env=self.env,
+                               amp=self.use_amp, channels_last=self.channels_last)
+                row.update(raw_val_top1=raw.top1)
         else:
             row.update(val_loss=None, val_top1=None, val_top5=None)
         self._note_skipped()

@@ -95,3 +95,20 @@ def test_resume_with_the_average_is_exact(tiny_data: str, ema_run: Path,  # noqa
     _assert_same(full["model"], cut["model"])
     _assert_same(full["train_model"], cut["train_model"])
     assert full["ema"] == cut["ema"]
+
+
+def test_the_trained_weights_are_evaluated_beside_the_average(
+        tiny_data: str, ema_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    import json
+
+    rows = [json.loads(line) for line in (ema_run / "metrics.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["raw_val_top1"], float) for r in rows if r["val_top1"] is not None)
+    # an average that is the trained weights scores what they score
+    out = tmp_path / "near"
+    fit_on_one_thread(make_model(), tiny_data, tiny_recipe(
+        epochs=1, ema={"decay": 1e-9, "warmup": False}), out, quiet=True)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["raw_val_top1"] == last["val_top1"]
+    plain = tmp_path / "plain"
+    fit_on_one_thread(make_model(), tiny_data, tiny_recipe(epochs=1), plain, quiet=True)
+    assert "raw_val_top1" not in json.loads((plain / "metrics.jsonl").read_text())
