@@ -191,7 +191,9 @@ class EMAConfig(Section):
     for every floating-point tensor of the model (BatchNorm statistics
     included; integer buffers are copied). Training goes on with the raw
     weights; evaluations, ``best.pt`` and the exports use the average
-    (``last.pt`` keeps both, so ``--resume`` is exact).
+    (``last.pt`` keeps both, so ``--resume`` is exact). Each evaluation also
+    scores the raw weights (``raw_val_top1`` in ``metrics.jsonl``), so one
+    run shows what the average gains.
 
     Args:
         decay: ``d``, per optimizer step (0.999 averages about the last 1,000).
