@@ -83,7 +83,7 @@ def init_from_run(model: nn.Module, source: str, arch: str | None) -> dict[str, 
     with torch.no_grad():
         for key in keys:
             own[key].copy_(state[key])
-    copied = len(keys)
+    schedule = sum(k.rsplit(".", 1)[-1] in _SCHEDULE_STATE for k in own)
     return {"source": source, "sha256": file_sha256(path), "arch": theirs,
-            "mode": ckpt.get("binarize", {}).get("act_bits"), "copied": copied,
-            "tensors": len(own)}
+            "mode": ckpt.get("binarize", {}).get("act_bits"), "copied": len(keys),
+            "tensors": len(own), "schedule": schedule}

@@ -361,8 +361,10 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             self.progress.log(f"warning: {line}")
         if self.recipe.init is not None:
             self.init_info = init_from_run(self.model, self.recipe.init, self.arch)
-            self.progress.log(f"init: {self.init_info['copied']} of "
-                              f"{self.init_info['tensors']} tensors from {self.recipe.init}")
+            info = self.init_info
+            self.progress.log(f"init: {info['copied']} of {info['tensors'] - info['schedule']} "
+                              f"tensors from {self.recipe.init} (the {info['schedule']} EDE "
+                              "schedule tensors are this run's own)")
         if self.evaluate_start:
             self.start_top1["converted"] = self._quick_eval().top1
         self._calibrate()

@@ -208,6 +208,8 @@ def test_init_copies_every_fitting_tensor(run_1w32a: Path) -> None:
     after = model.state_dict()
     copied = [k for k in after if k in theirs and not k.endswith(("ede_t", "ede_k"))]
     assert info["copied"] == len(copied) > 0 and info["mode"] == 32
+    # ResNet-20's two forms share every name: all but the schedule's t and k come over
+    assert info["schedule"] == 2 * 18 and info["copied"] == info["tensors"] - info["schedule"]
     for key in copied:
         assert torch.equal(after[key], theirs[key]), key
     for key in after:
