@@ -5,13 +5,16 @@ Each run is ``NAME=METRICS`` (a run's ``metrics.jsonl``); ``NAME=METRICS:raw``
 reads the ``raw_val_top1`` column instead, the trained weights of a run with
 ``ema`` on (the same trajectory without the average: a baseline that costs
 no run of its own). Writes ``OUT.md`` (a row per run: top-1 at each evaluated
-epoch, the last one's difference from ``--baseline``, the median seconds of
+epoch, the last one's difference from ``--baseline`` or the run ``--pair``
+names for it, the median seconds of
 an epoch and the training minutes) and ``OUT.png`` (the curves).
 
     python benchmarks/lever_table.py \\
         shipped=results/levers/ema-20ep.jsonl:raw ema=results/levers/ema-20ep.jsonl \\
-        init-1w32a=results/levers/init-1w32a-20ep.jsonl --baseline shipped \\
-        --out results/levers/table
+        init-1w32a=results/levers/init-1w32a-20ep.jsonl \\
+        shipped-seed1=results/levers/ema-seed1-20ep.jsonl:raw \\
+        ema-seed1=results/levers/ema-seed1-20ep.jsonl --baseline shipped \\
+        --pair ema-seed1=shipped-seed1 --out results/levers/table
 
 Minutes are the sum of the epochs' training-loop times (``time``; evaluation
 and start-up left out) as the machine ran them: runs that shared the cores
@@ -53,17 +56,19 @@ def parse_run(spec: str) -> tuple[str, Path, str]:
 
 
 def table(curves: dict[str, dict[int, float]], timing: dict[str, tuple[float, float]],
-          baseline: str | None) -> str:
+          baseline: str | None, paired: dict[str, str] | None = None) -> str:
     epochs = sorted({e for c in curves.values() for e in c})
     head = "| run | " + " | ".join(f"epoch {e}" for e in epochs)
     head += " | last - baseline | s / epoch (median) | training minutes |"
     lines = [head, "|---|" + "---:|" * (len(epochs) + 3)]
-    base = curves.get(baseline or "")
+    paired = paired or {}
+    bases = {baseline, *paired.values()}
     for name, c in curves.items():
         cells = [f"{c[e]:.2f}" if e in c else "-" for e in epochs]
         last = max(c) if c else None
         diff = "-"
-        if base is not None and last is not None and last in base and name != baseline:
+        base = curves.get(paired.get(name, baseline or ""))
+        if base is not None and last is not None and last in base and name not in bases:
             diff = f"{c[last] - base[last]:+.2f}"
         secs, minutes = timing[name]
         lines.append(f"| {name} | " + " | ".join(cells)
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="NAME=METRICS or NAME=METRICS:raw")
     parser.add_argument("--baseline", help="the NAME the last column compares with")
+    parser.add_argument("--pair", action="append", default=[], metavar="NAME=BASE",
+                        help="compare NAME with BASE instead (a run of another seed)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.png")
     args = parser.parse_args(argv)
     curves: dict[str, dict[int, float]] = {}
@@ -109,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         timing[name] = (statistics.median(times) if times else 0.0, sum(times) / 60.0)
     if args.baseline and args.baseline not in curves:
         raise SystemExit(f"--baseline {args.baseline}: not one of {', '.join(curves)}")
-    text = table(curves, timing, args.baseline)
+    paired = dict(p.split("=", 1) for p in args.pair)
+    for name, base in paired.items():
+        if name not in curves or base not in curves:
+            raise SystemExit(f"--pair {name}={base}: not two of {', '.join(curves)}")
+    text = table(curves, timing, args.baseline, paired)
     print(text, end="")
     write_text(args.out.with_suffix(".md"), text)
     write_bytes(args.out.with_suffix(".png"), plot(curves))
