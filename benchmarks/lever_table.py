@@ -6,8 +6,8 @@ reads the ``raw_val_top1`` column instead, the trained weights of a run with
 ``ema`` on (the same trajectory without the average: a baseline that costs
 no run of its own). Writes ``OUT.md`` (a row per run: top-1 at each evaluated
 epoch, the last one's difference from ``--baseline`` or the run ``--pair``
-names for it, the median seconds of
-an epoch and the training minutes) and ``OUT.png`` (the curves).
+names for it, the median seconds of an epoch and the training minutes) and
+``OUT.png`` (the curves).
 
     python benchmarks/lever_table.py \\
         shipped=results/levers/ema-20ep.jsonl:raw ema=results/levers/ema-20ep.jsonl \\
@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from long_run_curve import read_rows
+
 from irconvert.atomic import write_bytes, write_text
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def curve(rows: list[dict[str, Any]], column: str) -> dict[int, float]:
