@@ -233,8 +233,10 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
         result: Tensor = self.criterion(logits.float(), targets)
         return result
 
-    def _quick_eval(self) -> EvalResult:
-        model = self.ema.module if self.ema is not None else self.model  # what is saved
+    def _quick_eval(self, model: nn.Module | None = None) -> EvalResult:
+        """Evaluate ``model``; by default what is saved (the average when ``ema`` is on)."""
+        if model is None:
+            model = self.ema.module if self.ema is not None else self.model
         return evaluate(model, self.val_loader, self.device, env=self.env,
                         amp=self.use_amp, channels_last=self.channels_last)
 
@@ -388,9 +390,7 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             row.update(val_loss=ev.loss, val_top1=ev.top1, val_top5=ev.top5)
             if self.ema is not None:
                 # the trained weights too: the average's gain, read off one trajectory
-                raw = evaluate(self.model, self.val_loader, self.device, env=self.env,
-                               amp=self.use_amp, channels_last=self.channels_last)
-                row.update(raw_val_top1=raw.top1)
+                row.update(raw_val_top1=self._quick_eval(self.model).top1)
         else:
             row.update(val_loss=None, val_top1=None, val_top5=None)
         self._note_skipped()
