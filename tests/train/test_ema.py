@@ -101,14 +101,22 @@ def test_the_trained_weights_are_evaluated_beside_the_average(
         tiny_data: str, ema_run: Path, tmp_path: Path) -> None:  # noqa: F811
     import json
 
+    from irconvert.evaluate import evaluate_any
+    from irconvert.models import build_model
+
     rows = [json.loads(line) for line in (ema_run / "metrics.jsonl").read_text().splitlines()]
     assert all(isinstance(r["raw_val_top1"], float) for r in rows if r["val_top1"] is not None)
-    # an average that is the trained weights scores what they score
-    out = tmp_path / "near"
-    fit_on_one_thread(make_model(), tiny_data, tiny_recipe(
-        epochs=1, ema={"decay": 1e-9, "warmup": False}), out, quiet=True)
+    # each score is its own weights' score: the average's and the trained weights'
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    fit(build_model("cifar_resnet20", num_classes=4), tiny_data,
+        tiny_recipe(epochs=1, ema={"decay": 0.5}), out, quiet=True, arch="cifar_resnet20")
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["raw_val_top1"] == last["val_top1"]
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    torch.save({**ckpt, "model": ckpt["train_model"]}, tmp_path / "trained.pt")
+    assert evaluate_any(str(out / "last.pt"), tiny_data)["top1"] == last["val_top1"]
+    assert evaluate_any(str(tmp_path / "trained.pt"), tiny_data)["top1"] == last["raw_val_top1"]
+    assert last["raw_val_top1"] != last["val_top1"]  # else the check above tells nothing
     plain = tmp_path / "plain"
     fit_on_one_thread(make_model(), tiny_data, tiny_recipe(epochs=1), plain, quiet=True)
     assert "raw_val_top1" not in json.loads((plain / "metrics.jsonl").read_text())
