@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irconvert.errors import ConfigError
+from irconvert.train.phases import phase
 
 __all__ = ["DistillationLoss", "FeatureMatcher", "attention_map"]
 
@@ -74,7 +75,7 @@ class DistillationLoss(nn.Module):
     def teacher_logits(self, inputs: Tensor) -> Tensor:
         """The teacher's logits on ``inputs`` (eval mode, no gradient)."""
         self.teacher.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), phase("teacher"):
             fn: Any = self._teacher_fn if self._teacher_fn is not None else self.teacher
             out: Tensor = fn(inputs)
         # A plain tensor (not an inference tensor) so autograd may use it.

@@ -39,6 +39,7 @@ from irconvert.train.init_weights import init_from_run
 from irconvert.train.memory import release_freed_memory, retain_freed_memory
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.outcome import FitResult, TrainingDiverged, TrainingInterrupted
+from irconvert.train.phases import phase
 from irconvert.train.precision import autocast, resolve_amp, resolve_device
 from irconvert.train.progress import Progress, make_progress
 from irconvert.train.rng import seed_everything
@@ -270,18 +271,22 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.use_amp):
-            logits = self.forward_model(inputs)
-            loss = self._loss(inputs, logits, targets)
+            with phase("forward"):
+                logits = self.forward_model(inputs)
+            with phase("loss"):
+                loss = self._loss(inputs, logits, targets)
         if not torch.isfinite(loss.detach()):
             self._diverged(float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.recipe.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        with phase("backward"):
+            self.scaler.scale(loss).backward()
+        with phase("optimizer"):
+            if self.recipe.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
         return loss, logits, targets
 
     def _train_epoch(self) -> dict[str, Any]:
