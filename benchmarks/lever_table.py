@@ -6,8 +6,9 @@ reads the ``raw_val_top1`` column instead, the trained weights of a run with
 ``ema`` on (the same trajectory without the average: a baseline that costs
 no run of its own). Writes ``OUT.md`` (a row per run: top-1 at each evaluated
 epoch, the last one's difference from ``--baseline`` or the run ``--pair``
-names for it, the median seconds of an epoch and the training minutes) and
-``OUT.png`` (the curves).
+names for it at the same epoch (``--ends``: from its last evaluation, for
+runs of equal minutes and different lengths), the median seconds of an
+epoch and the training minutes) and ``OUT.png`` (the curves).
 
     python benchmarks/lever_table.py \\
         shipped=results/levers/ema-20ep.jsonl:raw ema=results/levers/ema-20ep.jsonl \\
@@ -53,10 +54,14 @@ def parse_run(spec: str) -> tuple[str, Path, str]:
 
 
 def table(curves: dict[str, dict[int, float]], timing: dict[str, tuple[float, float]],
-          baseline: str | None, paired: dict[str, str] | None = None) -> str:
+          baseline: str | None, paired: dict[str, str] | None = None,
+          ends: bool = False) -> str:
+    """The markdown table; ``ends``: compare each run's last evaluation with its
+    baseline's last, whatever the two lengths (runs of equal minutes, not epochs)."""
     epochs = sorted({e for c in curves.values() for e in c})
     head = "| run | " + " | ".join(f"epoch {e}" for e in epochs)
-    head += " | last - baseline | s / epoch (median) | training minutes |"
+    head += f" | {'last - baseline last' if ends else 'last - baseline'}"
+    head += " | s / epoch (median) | training minutes |"
     lines = [head, "|---|" + "---:|" * (len(epochs) + 3)]
     paired = paired or {}
     bases = {baseline, *paired.values()}
@@ -65,8 +70,11 @@ def table(curves: dict[str, dict[int, float]], timing: dict[str, tuple[float, fl
         last = max(c) if c else None
         diff = "-"
         base = curves.get(paired.get(name, baseline or ""))
-        if base is not None and last is not None and last in base and name not in bases:
-            diff = f"{c[last] - base[last]:+.2f}"
+        if base and last is not None and name not in bases:
+            if ends:
+                diff = f"{c[last] - base[max(base)]:+.2f}"
+            elif last in base:
+                diff = f"{c[last] - base[last]:+.2f}"
         secs, minutes = timing[name]
         lines.append(f"| {name} | " + " | ".join(cells)
                      + f" | {diff} | {secs:.1f} | {minutes:.1f} |")
@@ -99,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", help="the NAME the last column compares with")
     parser.add_argument("--pair", action="append", default=[], metavar="NAME=BASE",
                         help="compare NAME with BASE instead (a run of another seed)")
+    parser.add_argument("--ends", action="store_true",
+                        help="compare last evaluations whatever the lengths (equal minutes)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.png")
     args = parser.parse_args(argv)
     curves: dict[str, dict[int, float]] = {}
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, base in paired.items():
         if name not in curves or base not in curves:
             raise SystemExit(f"--pair {name}={base}: not two of {', '.join(curves)}")
-    text = table(curves, timing, args.baseline, paired)
+    text = table(curves, timing, args.baseline, paired, ends=args.ends)
     print(text, end="")
     write_text(args.out.with_suffix(".md"), text)
     write_bytes(args.out.with_suffix(".png"), plot(curves))
