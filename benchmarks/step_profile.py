@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from _common import machine
 
-from irconvert.config.recipe_file import apply_overrides, load_recipe
+from irconvert.atomic import write_text
+from irconvert.config.recipe_file import apply_overrides, load_recipe, parse_sets
 from irconvert.errors import IRConvertError
 from irconvert.train.outcome import TrainingInterrupted
 from irconvert.train.phases import PHASES, PREFIX
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="an ImageFolder root (train/, val/)")
     parser.add_argument("--recipe", default="recipes/cifar10-resnet20-finetune-1w1a.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[],
-                        metavar="KEY=VALUE", help="a recipe field (YAML value); repeatable")
+                        metavar="KEY=VALUE", help="a recipe field, as binarize --set; repeatable")
     parser.add_argument("--warmup", type=int, default=15, help="steps before timing (compile)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps")
     parser.add_argument("--profile-steps", type=int, default=15)
@@ -113,12 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sets: dict[str, Any] = {"budget_minutes": None, "epochs": 1, "eval_every": 1000}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: not KEY=VALUE")
-        sets[key] = yaml.safe_load(value)
     try:
+        sets.update(parse_sets(args.sets))
         recipe = apply_overrides(load_recipe(args.recipe), {}, sets)
     except IRConvertError as exc:
         parser.error(str(exc))
@@ -145,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(result)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+        write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+        write_text(args.out.with_suffix(".md"), text)
     return 0
 
 

@@ -157,26 +157,14 @@ def binarize(
 
 
 def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", ...]`` -> ``{"a.b": 1}``, values read as YAML scalars or lists.
+    """``--set`` items as a dict (:func:`parse_sets`), bad ones as a usage error."""
+    from irconvert.config.recipe_file import parse_sets
+    from irconvert.errors import ConfigError
 
-    Read like a recipe file, so ``lr=2e-3`` is a number there too (plain
-    YAML 1.1 reads it as a string).
-    """
-    import yaml
-
-    from irconvert.config.recipe_file import yaml_loader
-
-    out: dict[str, Any] = {}
-    for item in sets or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = yaml.load(raw, Loader=yaml_loader())
-        except yaml.YAMLError:
-            raise typer.BadParameter(f"{item!r}: the value is not valid YAML",
-                                     param_hint="--set") from None
-    return out
+    try:
+        return parse_sets(sets)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
 
 
 def _default_recipe(model: str, load: dict[str, Any], act_bits: int | None,

@@ -25,6 +25,7 @@ __all__ = [
     "apply_overrides",
     "find_recipe",
     "load_recipe",
+    "parse_sets",
     "recipe_from_dict",
     "save_recipe",
     "shipped_recipes",
@@ -115,6 +116,29 @@ def yaml_loader() -> Any:
         list("-+0123456789"),
     )
     return Loader
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", ...]`` -> ``{"a.b": 1}`` (``--set``), values read as YAML scalars or lists.
+
+    Read like a recipe file, so ``lr=2e-3`` is a number there too (plain
+    YAML 1.1 reads it as a string).
+
+    Raises:
+        ConfigError: an item is not ``KEY=VALUE`` or its value is not YAML.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.load(raw, Loader=yaml_loader())
+        except yaml.YAMLError:
+            raise ConfigError(f"{item!r}: the value is not valid YAML") from None
+    return out
 
 
 def save_recipe(config: TrainConfig, path: str | os.PathLike[str]) -> None:

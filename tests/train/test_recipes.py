@@ -10,6 +10,7 @@ from irconvert.config import TrainConfig
 from irconvert.config.recipe_file import (
     apply_overrides,
     load_recipe,
+    parse_sets,
     recipe_from_dict,
     save_recipe,
 )
@@ -125,6 +126,20 @@ def test_overrides() -> None:
     with_kd = apply_overrides(base, {"distill.alpha": 0.5, "budget_minutes": 9.0})
     off = apply_overrides(with_kd, {"seed": None}, {"distill": None, "budget_minutes": None})
     assert (off.distill, off.budget_minutes, off.seed) == (None, None, 0)
+
+
+def test_parse_sets_reads_values_as_a_recipe_file_does() -> None:
+    sets = parse_sets(["optimizer.lr=2e-3", "distill=null", " seed =3", "data.mean=[0.5, 0.5]",
+                       "note=a=b"])
+    assert sets == {"optimizer.lr": 0.002, "distill": None, "seed": 3,
+                    "data.mean": [0.5, 0.5], "note": "a=b"}
+    assert parse_sets(None) == {}
+    with pytest.raises(ConfigError, match="'nonsense' is not KEY=VALUE"):
+        parse_sets(["nonsense"])
+    with pytest.raises(ConfigError, match="'=1' is not KEY=VALUE"):
+        parse_sets(["=1"])
+    with pytest.raises(ConfigError, match="the value is not valid YAML"):
+        parse_sets(["data.mean=[0.5"])
 
 
 def test_dataclasses_validate_on_creation() -> None:
