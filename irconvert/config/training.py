@@ -28,6 +28,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "EMAConfig",
+    "LatentConfig",
     "OptimizerConfig",
     "ScheduleConfig",
     "StageConfig",
@@ -206,6 +207,41 @@ class EMAConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LatentConfig(Section):
+    """Constraints on the latent weights of the binarized layers, after every optimizer step.
+
+    Libra-PB standardizes each filter before its sign, so the forward pass
+    does not depend on a filter's mean or spread, but an optimizer step does:
+    Adam moves every weight by about ``lr`` whatever its scale, so a filter's
+    spread sets its effective learning rate: it differs between layers (the
+    shared ResNet-20's filters start 3x apart) and falls as the latent
+    weights grow (3-10x over the shipped 1W/1A run).
+
+    Args:
+        standardize: set every filter's latent weights to their Libra-PB
+            standardized values (mean 0, std 1) after each step, and once
+            before the first: the binary weights are unchanged, every layer's
+            effective learning rate is ``lr`` in units of its own spread, and
+            it stays so.
+        clip: clamp latent weights to within ``clip`` standard deviations of
+            their filter's mean (BinaryConnect's clip, in the units the sign
+            sees): a weight far past zero gets no EDE gradient, so it could
+            never flip back (null: off). Applied after ``standardize``.
+
+    Layers whose weights are not binary in the current stage (``binarize:
+    activations`` or ``none``) compute with their latent weights and are
+    left alone.
+    """
+
+    standardize: bool = False
+    clip: float | None = positive(default=None)
+
+    @property
+    def active(self) -> bool:
+        return self.standardize or self.clip is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageConfig(Section):
     """One stage of a staged recipe (ReActNet's two-step training and the like).
 
@@ -273,6 +309,8 @@ class TrainConfig(Section):
         label_smoothing: cross-entropy label smoothing.
         ema: evaluate, save and export an exponential moving average of the
             weights (see :class:`EMAConfig`; null: the weights themselves).
+        latent: constraints on the binarized layers' latent weights (see
+            :class:`LatentConfig`; off by default).
         eval_every: evaluate every N epochs (and always after the last).
         bn_recalibration: before fine-tuning, re-estimate BatchNorm statistics
             of the converted model over this many training batches (0: off).
@@ -306,6 +344,7 @@ class TrainConfig(Section):
     workers: int = nonneg(default=2)
     label_smoothing: float = unit_open(default=0.0)
     ema: EMAConfig | None = None
+    latent: LatentConfig = field(default_factory=LatentConfig)
     eval_every: int = positive(default=1)
     bn_recalibration: int = nonneg(default=0)
     init: str | None = None

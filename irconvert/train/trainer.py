@@ -36,6 +36,7 @@ from irconvert.train.distributed import all_reduce_sum, init_distributed
 from irconvert.train.ema import WeightAverage
 from irconvert.train.evaluate import EvalResult, evaluate
 from irconvert.train.init_weights import init_from_run
+from irconvert.train.latent import constrain_latent_
 from irconvert.train.memory import release_freed_memory, retain_freed_memory
 from irconvert.train.metrics import correct_topk, plot_curves, write_jsonl
 from irconvert.train.outcome import FitResult, TrainingDiverged, TrainingInterrupted
@@ -287,6 +288,7 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            constrain_latent_(self.model, self.recipe.latent)
         return loss, logits, targets
 
     def _train_epoch(self) -> dict[str, Any]:
@@ -379,6 +381,10 @@ class Trainer(RunData, BudgetKeeping, Stages, RunState):
             self.start_top1["calibrated"] = self._quick_eval().top1
             self.progress.log("top-1 before training: {converted:.2f}% as converted, "
                               "{calibrated:.2f}% after calibration".format(**self.start_top1))
+        # before the budget's probe times a step: the constraint is part of it
+        if constrain_latent_(self.model, self.recipe.latent):
+            self.progress.log(f"latent weights: {self.recipe.latent.to_dict()} "
+                              "(binary weights unchanged)")
         if self.budget_pending:
             self._fit_budget()
         self._start_average()  # after calibration and the budget's probe
