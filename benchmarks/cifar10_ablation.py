@@ -33,9 +33,10 @@ import torch
 from torch.utils.data import Dataset
 
 from irconvert.atomic import write_text
-from irconvert.config.recipe_file import apply_overrides, load_recipe
+from irconvert.config.recipe_file import apply_overrides, load_recipe, parse_sets
 from irconvert.data.datasets import DataBundle, open_data
 from irconvert.data.loaders import images_as_uint8
+from irconvert.errors import ConfigError
 from irconvert.io import load_model
 from irconvert.train.run import fit
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-subset", type=int, help="images per run's training set")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--set", dest="sets", action="append", default=[],
-                        help="KEY=VALUE override for every variant (value read as JSON)")
+                        help="KEY=VALUE override for every variant, as binarize --set")
     parser.add_argument("--cache", type=Path, help="decoded-images .npz (made if missing)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs") / "ablation")
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    extra = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.sets)}
+    try:
+        extra = parse_sets(args.sets)
+    except ConfigError as exc:
+        parser.error(str(exc))
     arrays = load_arrays(args.data, args.cache)
     bundle = make_bundle(arrays, args.train_subset)
     out_jsonl = args.out.with_suffix(".jsonl")

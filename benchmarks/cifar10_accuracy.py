@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from irconvert.atomic import write_text
-from irconvert.config.recipe_file import apply_overrides, load_recipe
+from irconvert.config.recipe_file import apply_overrides, load_recipe, parse_sets
+from irconvert.errors import ConfigError
 from irconvert.train.run import binarize_and_train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override: train this many steps (reduced)")
     parser.add_argument("--device", help="override the recipe's device")
     parser.add_argument("--set", dest="sets", action="append", default=[],
-                        help="KEY=VALUE recipe override (value read as JSON), repeatable")
+                        help="KEY=VALUE recipe override, as binarize --set; repeatable")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs") / "bench")
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
@@ -57,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     recipe_path = args.recipe or RECIPES[args.mode]
     overrides: dict[str, Any] = {"epochs": args.epochs, "steps": args.steps,
                                  "device": args.device, "data.gpu_cache": True, "workers": 0}
-    sets = {key: json.loads(raw) for key, _, raw in (s.partition("=") for s in args.sets)}
-    recipe = apply_overrides(load_recipe(recipe_path), overrides, sets)
+    try:
+        sets = parse_sets(args.sets)
+        recipe = apply_overrides(load_recipe(recipe_path), overrides, sets)
+    except ConfigError as exc:
+        parser.error(str(exc))
     run_dir = args.run_dir / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     result = binarize_and_train(args.weights, f"imagefolder:{args.data}", recipe, run_dir,
