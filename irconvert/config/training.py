@@ -52,6 +52,12 @@ class OptimizerConfig(Section):
             RPReLU slopes), which set a binary network's operating points and
             may want another rate than its latent weights; 1 leaves them at
             ``lr``.
+        latent_lr_scale: learning-rate multiplier for the latent weights of
+            the IR-Net layers (the binarized convs and linears), leaving the
+            full-precision stem, classifier and shortcuts at ``lr``. With
+            ``latent: {standardize: true}`` the latent weights have spread 1,
+            so ``lr * latent_lr_scale`` is the step in units of a filter's
+            spread; 1 leaves them at ``lr``.
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -61,6 +67,7 @@ class OptimizerConfig(Section):
     weight_decay: float = nonneg(default=1e-4)
     betas: tuple[float, float] = unit_open(default=(0.9, 0.999))
     norm_lr_scale: float = positive(default=1.0)
+    latent_lr_scale: float = positive(default=1.0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,33 +9,51 @@ import torch
 from torch import nn
 
 from irconvert.config import OptimizerConfig, ScheduleConfig
+from irconvert.nn import IRLayer
 
 __all__ = ["build_optimizer", "lr_factor_fn", "param_groups"]
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 norm_lr_scale: float = 1.0) -> list[dict[str, object]]:
+                 norm_lr_scale: float = 1.0,
+                 latent_lr_scale: float = 1.0) -> list[dict[str, object]]:
     """Conv/linear weights decay; biases, BatchNorm and other 1-d parameters do not.
 
     The 1-d group (which also holds activation thresholds and RPReLU
-    parameters) runs at ``lr * norm_lr_scale``; the schedule scales both
-    groups by the same factor (``LambdaLR`` multiplies each group's own lr).
+    parameters) runs at ``lr * norm_lr_scale``. With ``latent_lr_scale``
+    other than 1 the IR-Net layers' weights get a group of their own at
+    ``lr * latent_lr_scale`` (otherwise they share the first group, so the
+    groups of a recipe without the lever, and the optimizer state its
+    checkpoints hold, stay as they were). The schedule scales every group by
+    the same factor (``LambdaLR`` multiplies each group's own lr).
     """
+    latent_ids: set[int] = set()
+    if latent_lr_scale != 1.0:
+        latent_ids = {id(m.weight) for m in model.modules()  # type: ignore[attr-defined]
+                      if isinstance(m, IRLayer)}
     decay: list[nn.Parameter] = []
+    latent: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        if id(p) in latent_ids:
+            latent.append(p)
+        else:
+            (no_decay if p.ndim <= 1 else decay).append(p)
     groups: list[dict[str, object]] = [{"params": decay, "weight_decay": weight_decay,
                                         "lr": lr}]
+    if latent:
+        groups.append({"params": latent, "weight_decay": weight_decay,
+                       "lr": lr * latent_lr_scale})
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale})
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.norm_lr_scale)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.norm_lr_scale,
+                          cfg.latent_lr_scale)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,  # type: ignore[arg-type]
                                nesterov=cfg.nesterov and cfg.momentum > 0)

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from irconvert.config import LatentConfig
+from irconvert.config import LatentConfig, OptimizerConfig, ScheduleConfig
 from irconvert.config.recipe_file import recipe_from_dict
 from irconvert.errors import ConfigError
 from irconvert.functional import standardize
 from irconvert.nn import IRConv2d, IRLinear
 from irconvert.train.latent import constrain_latent_
+from irconvert.train.optim import build_optimizer, lr_factor_fn
 from tests._train_helpers import cut_and_resume, fit_on_one_thread
 from tests.train.test_trainer import _assert_same, make_model, tiny_data, tiny_recipe  # noqa: F401
 
@@ -63,6 +64,26 @@ def test_layers_computing_with_latent_weights_are_left_alone() -> None:
     assert constrain_latent_(model, LatentConfig()) == 0  # off by default
 
 
+def test_latent_lr_scale_gives_the_binarized_weights_a_group_of_their_own() -> None:
+    model = _layers()
+    opt = build_optimizer(model, OptimizerConfig(name="adam", lr=1e-3, latent_lr_scale=5.0,
+                                                 norm_lr_scale=0.5, weight_decay=1e-4))
+    real, latent, ones = opt.param_groups
+    assert {id(p) for p in latent["params"]} == {id(model[0].weight), id(model[1].weight)}
+    assert {id(p) for p in real["params"]} == {id(model[2].weight)}  # float conv stays at lr
+    assert latent["lr"] == pytest.approx(5e-3) and real["lr"] == pytest.approx(1e-3)
+    assert ones["lr"] == pytest.approx(5e-4)
+    assert latent["weight_decay"] == real["weight_decay"] == 1e-4
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(ScheduleConfig(), 1e-3, 10, 1))
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert latent["lr"] == pytest.approx(2.5e-3) and real["lr"] == pytest.approx(0.5e-3)
+    # at 1 (the default) the groups are those of a recipe without the field, so the
+    # optimizer state in its checkpoints loads as before
+    assert len(build_optimizer(model, OptimizerConfig(name="adam")).param_groups) == 2
+
+
 def test_the_recipe_section_is_checked() -> None:
     assert recipe_from_dict({}).latent == LatentConfig()
     recipe = recipe_from_dict({"latent": {"standardize": True, "clip": 2.5}})
@@ -71,10 +92,13 @@ def test_the_recipe_section_is_checked() -> None:
         recipe_from_dict({"latent": {"clip": 0}})
     with pytest.raises(ConfigError, match=r"latent\.spread"):
         recipe_from_dict({"latent": {"spread": 1}})
+    with pytest.raises(ConfigError, match=r"optimizer\.latent_lr_scale"):
+        recipe_from_dict({"optimizer": {"latent_lr_scale": -1}})
 
 
 LATENT = {"epochs": 2, "ede": {"t_min": 0.1, "t_max": 10.0, "per": "step"},
-          "optimizer": {"name": "adam", "lr": 0.01}, "latent": {"standardize": True, "clip": 2.0}}
+          "optimizer": {"name": "adam", "lr": 0.01, "latent_lr_scale": 2.0},
+          "latent": {"standardize": True, "clip": 2.0}}
 
 
 def test_a_run_keeps_its_latent_weights_standardized_and_resumes_exactly(
