@@ -64,7 +64,7 @@ def test_paper_settings() -> None:
     ({"optimizer": {"name": "rmsprop"}},
      "field 'optimizer.name' must be one of sgd, adam, adamw, got 'rmsprop'"),
     ({"optimizer": {"lrr": 1}}, "unknown field 'optimizer.lrr'; did you mean 'optimizer.lr'? "
-                                  "allowed: betas, lr,"),
+                                  "allowed: betas, latent_lr_scale, lr,"),
     ({"epochz": 1}, "unknown field 'epochz'; did you mean 'epochs'? allowed: amp, batch_size,"),
     ({"epochs": 1.5}, "field 'epochs' must be a positive integer, got 1.5"),
     ({"batch_size": True}, "field 'batch_size' must be a positive integer, got True"),
