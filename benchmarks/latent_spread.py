@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         start, _ = load_state_dict_file(args.start)
     except IRConvertError as exc:
         parser.error(str(exc))
-    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(start, dict):
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
         parser.error(f"{args.run} is not a run checkpoint (best.pt / last.pt of irconvert)")
+    if not isinstance(start, dict):
+        parser.error(f"{args.start} holds no state_dict to compare against")
     trained: dict[str, torch.Tensor] = ckpt.get("train_model", ckpt["model"])
     lr = args.lr
     if lr is None:
