@@ -5,7 +5,7 @@ Each run is ``NAME=METRICS`` (a run's ``metrics.jsonl``); ``NAME=METRICS:raw``
 reads the ``raw_val_top1`` column instead, the trained weights of a run with
 ``ema`` on (the same trajectory without the average: a baseline that costs
 no run of its own). Writes ``OUT.md`` (a row per run: top-1 at each evaluated
-epoch, the last one's difference from ``--baseline`` or the run ``--pair``
+epoch (``--at``: only those), the last one's difference from ``--baseline`` or the run ``--pair``
 names for it at the same epoch (``--ends``: from its last evaluation, for
 runs of equal minutes and different lengths), the median seconds of an
 epoch and the training minutes) and ``OUT.png`` (the curves).
@@ -55,10 +55,14 @@ def parse_run(spec: str) -> tuple[str, Path, str]:
 
 def table(curves: dict[str, dict[int, float]], timing: dict[str, tuple[float, float]],
           baseline: str | None, paired: dict[str, str] | None = None,
-          ends: bool = False) -> str:
+          ends: bool = False, at: list[int] | None = None) -> str:
     """The markdown table; ``ends``: compare each run's last evaluation with its
-    baseline's last, whatever the two lengths (runs of equal minutes, not epochs)."""
+    baseline's last, whatever the two lengths (runs of equal minutes, not epochs);
+    ``at``: only these epochs get a column (long runs evaluate 30 times and more),
+    the difference is still taken at each run's last evaluation."""
     epochs = sorted({e for c in curves.values() for e in c})
+    if at:
+        epochs = [e for e in epochs if e in set(at)]
     head = "| run | " + " | ".join(f"epoch {e}" for e in epochs)
     head += f" | {'last - baseline last' if ends else 'last - baseline'}"
     head += " | s / epoch (median) | training minutes |"
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare NAME with BASE instead (a run of another seed)")
     parser.add_argument("--ends", action="store_true",
                         help="compare last evaluations whatever the lengths (equal minutes)")
+    parser.add_argument("--at", type=int, nargs="+", metavar="EPOCH",
+                        help="only these epochs get a column (default: every evaluated one)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.png")
     args = parser.parse_args(argv)
     curves: dict[str, dict[int, float]] = {}
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, base in paired.items():
         if name not in curves or base not in curves:
             raise SystemExit(f"--pair {name}={base}: not two of {', '.join(curves)}")
-    text = table(curves, timing, args.baseline, paired, ends=args.ends)
+    text = table(curves, timing, args.baseline, paired, ends=args.ends, at=args.at)
     print(text, end="")
     write_text(args.out.with_suffix(".md"), text)
     write_bytes(args.out.with_suffix(".png"), plot(curves))
