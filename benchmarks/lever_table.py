@@ -62,7 +62,8 @@ def table(curves: dict[str, dict[int, float]], timing: dict[str, tuple[float, fl
     the difference is still taken at each run's last evaluation."""
     epochs = sorted({e for c in curves.values() for e in c})
     if at:
-        epochs = [e for e in epochs if e in set(at)]
+        wanted = set(at)
+        epochs = [e for e in epochs if e in wanted]
     head = "| run | " + " | ".join(f"epoch {e}" for e in epochs)
     head += f" | {'last - baseline last' if ends else 'last - baseline'}"
     head += " | s / epoch (median) | training minutes |"
