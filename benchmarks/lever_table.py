@@ -62,8 +62,13 @@ def table(curves: dict[str, dict[int, float]], timing: dict[str, tuple[float, fl
     the difference is still taken at each run's last evaluation."""
     epochs = sorted({e for c in curves.values() for e in c})
     if at:
-        wanted = set(at)
-        epochs = [e for e in epochs if e in wanted]
+        missing = sorted(set(at) - set(epochs))
+        if missing:
+            # A column asked for and silently left out reads as "not measured
+            # here" when the user mistyped it or the runs evaluate elsewhere.
+            raise SystemExit(f"--at {' '.join(map(str, missing))}: no run evaluated "
+                             f"that epoch (evaluated: {epochs[0]}..{epochs[-1]})")
+        epochs = [e for e in epochs if e in set(at)]
     head = "| run | " + " | ".join(f"epoch {e}" for e in epochs)
     head += f" | {'last - baseline last' if ends else 'last - baseline'}"
     head += " | s / epoch (median) | training minutes |"
