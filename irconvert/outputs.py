@@ -12,11 +12,16 @@ A fine-tuning run directory (``binarize --data D --out RUN``)::
     metrics.jsonl   one JSON object per epoch
     curves.png      loss, accuracy, lr and EDE t per epoch
 
+Without ``--out`` the run goes to a new folder ``runs/<model>-1w1a/`` (or
+``-1w32a``), with ``-2``, ``-3``... when that folder is taken.
+
 A conversion without fine-tuning (no ``--data``, or ``--epochs 0``) writes one
 ``model.pt``: at ``--out`` (a ``.pt`` path, or a folder that gets ``model.pt``),
-else at ``runs/<model>-1w1a/model.pt``, with ``-2``, ``-3``... when that folder
-is taken. Exports are named by their format (``.irc``, ``.onnx``, an OpenVINO
-folder or ``.xml``: :mod:`irconvert.export.formats`).
+else at ``runs/<model>-1w1a/model.pt``, numbered the same way. Exports are
+named by their format (``.irc``, ``.onnx``, an OpenVINO folder or ``.xml``:
+:mod:`irconvert.export.formats`); without ``--out`` they go beside the
+checkpoint they read, named after it (``best.pt`` -> ``best.irc``,
+``best.onnx``, the folder ``best-openvino/``).
 
 Overwriting: a run directory is never replaced (``--resume`` continues it);
 an existing ``model.pt`` or export is replaced only with ``--force``.
@@ -42,7 +47,9 @@ __all__ = [
     "RUN_INFO",
     "RUN_OUTPUTS",
     "check_output",
+    "default_export",
     "default_output",
+    "default_run_dir",
     "resolve_output",
 ]
 
@@ -81,11 +88,36 @@ def default_output(source: str, act_bits: int, root: str | os.PathLike[str] = "r
     base = Path(root) / f"{_stem(source)}-{_mode(act_bits)}"
     if force:
         return base / POSTTRAIN
+    return _free_folder(base) / POSTTRAIN
+
+
+def default_run_dir(source: str, act_bits: int, root: str | os.PathLike[str] = "runs") -> Path:
+    """``runs/<stem>-1w1a/`` for a fine-tuning run given no ``--out``; ``-2``, ``-3``... when taken.
+
+    A run directory is never written into twice, so a taken name (an earlier
+    run, a conversion's ``model.pt``) moves the new run to the next number.
+    """
+    return _free_folder(Path(root) / f"{_stem(source)}-{_mode(act_bits)}")
+
+
+def _free_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``...: the first that is missing or empty."""
     for i in range(1, 1000):
         folder = base if i == 1 else base.with_name(f"{base.name}-{i}")
         if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
-            return folder / POSTTRAIN
-    raise ConfigError(f"{base}: 999 earlier conversions there; pass --out")
+            return folder
+    raise ConfigError(f"{base}: 999 earlier outputs there; pass --out")
+
+
+def default_export(checkpoint: Path, suffix: str) -> Path:
+    """Where ``export`` writes without ``--out``: beside ``checkpoint``, named after it.
+
+    ``suffix`` is the format's (``.irc``, ``.onnx``; ``""``: an OpenVINO
+    folder, ``<stem>-openvino/``). Existing output still needs ``--force``.
+    """
+    if not suffix:
+        return checkpoint.with_name(f"{checkpoint.stem}-openvino")
+    return checkpoint.with_suffix(suffix)
 
 
 def resolve_output(out: str | os.PathLike[str] | None, source: str, act_bits: int,

@@ -32,9 +32,10 @@ def binarize(
         "--recipe", help="Training recipe: a YAML file, or a shipped recipe's name from any "
         "directory ('irconvert recipes' lists them); defaults when omitted.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Run directory to write (not needed with --dry-run). Without --data "
-        "(or with --epochs 0): where model.pt goes (a folder or a .pt path; default "
-        "runs/NAME-1w1a/).")] = None,
+        "--out", help="Run directory to write (default: a new folder runs/NAME-1w1a/, "
+        "-2, -3... when taken; required under torchrun). Without --data (or with --epochs "
+        "0): where model.pt goes (a folder or a .pt path; default runs/NAME-1w1a/model.pt).",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Without --data or with --epochs 0: replace an existing model.pt "
         "at --out.")] = False,
@@ -150,7 +151,13 @@ def binarize(
         if dry_run:
             _dry_run(model, config, **load)
             return
-    assert data is not None and out is not None
+    assert data is not None
+    if out is None:  # `binarize MODEL --data D` as the quick start has it
+        from irconvert.outputs import default_run_dir
+
+        out = default_run_dir(model, config.binarize.act_bits)
+        err_console.print(f"[yellow]note:[/] no --out: the run goes to {escape(str(out))}/",
+                          highlight=False, soft_wrap=True)
     run_training(lambda: binarize_and_train(
         model, data, config, out, replace_classifier=replace_classifier, download=download,
         resume=resume, quiet=quiet, **load), quiet)

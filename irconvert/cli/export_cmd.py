@@ -34,9 +34,10 @@ def export(
     src: Annotated[Path, typer.Argument(
         help="A run checkpoint (.pt) or run directory (best.pt, last.pt or the model.pt "
         "of a post-training conversion); for onnx and openvino also a packed .irc.")],
-    out: Annotated[Path, typer.Option(
+    out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output: a .irc file, an .onnx file, or an OpenVINO "
-        "directory (or .xml path).")],
+        "directory (or .xml path). Default: beside the checkpoint, named after it "
+        "(best.pt -> best.irc, best.onnx, best-openvino/).", show_default=False)] = None,
     fmt: Annotated[str, typer.Option(
         "--format", "-f", help="packed (.irc, 1 bit per weight), onnx, or openvino.")
     ] = "packed",

@@ -64,7 +64,8 @@ def _from_packed(src: str | os.PathLike[str],
 
 
 def export_checkpoint(
-    src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *, force: bool = False,
+    src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str] | None = None, *,
+    force: bool = False,
     onnx_packed: bool = False, opset: int | None = None,
     input_size: tuple[int, ...] | None = None, int8: bool | None = None,
     data: str | None = None, calib_images: int = 256, batch: int | None = None,
@@ -76,7 +77,9 @@ def export_checkpoint(
             ``onnx``/``openvino`` also a packed ``.irc`` (its recorded
             preprocessing carries over).
         fmt: ``packed`` (``.irc``), ``onnx`` or ``openvino``.
-        out: output path (an OpenVINO directory or ``.xml`` for openvino).
+        out: output path (an OpenVINO directory or ``.xml`` for openvino); None:
+            beside the checkpoint read, named after it (``best.pt`` ->
+            ``best.irc``, ``best.onnx``, ``best-openvino/``).
         force: overwrite existing output.
         onnx_packed: ONNX only: store binary weights as bits + unpacking subgraph.
         opset: ONNX opset (default 18).
@@ -98,7 +101,7 @@ def export_checkpoint(
     from irconvert.checkpoint import find_checkpoint, load_run_checkpoint, model_from_checkpoint
     from irconvert.export.freeze import binary_layers, freeze
     from irconvert.export.meta import metadata_from_checkpoint
-    from irconvert.outputs import check_output
+    from irconvert.outputs import check_output, default_export
 
     record = lookup(fmt)
     options = {"onnx_packed": onnx_packed, "opset": opset, "int8": int8, "data": data,
@@ -111,7 +114,10 @@ def export_checkpoint(
         raise ExportError(f"--batch must be at least 1, not {batch}")
     if calib_images < 1:
         raise ExportError(f"--calib-images must be at least 1, not {calib_images}")
-    target = Path(out)
+    packed_in = _packed_source(src, fmt)
+    # a run folder stands for its best.pt, last.pt or model.pt
+    source = Path(src) if packed_in else find_checkpoint(src)
+    target = default_export(source, record.suffixes[0]) if out is None else Path(out)
     record.check_output(target)
     check_output(target, force, directory="" in record.suffixes and target.suffix != ".xml")
     if fmt == "openvino":  # fail on a missing engine before the slow part
@@ -119,11 +125,9 @@ def export_checkpoint(
 
         import_openvino()
     ckpt: dict[str, Any] | None = None
-    source = Path(src)
-    if _packed_source(src, fmt):
+    if packed_in:
         frozen, metadata = _from_packed(src, input_size)
     else:
-        source = find_checkpoint(src)  # a run folder's best.pt, last.pt or model.pt
         ckpt = load_run_checkpoint(source)
         model = model_from_checkpoint(ckpt)
         frozen = freeze(model)

@@ -46,6 +46,13 @@ class Route:
         return self.kind == "post-training"
 
 
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def plan_route(model: str | os.PathLike[str], *, data: str | None, epochs: int | None,
                out: str | os.PathLike[str] | None, resume: bool, force: bool,
                dry_run: bool) -> Route:
@@ -65,9 +72,13 @@ def plan_route(model: str | os.PathLike[str], *, data: str | None, epochs: int |
             check_resumable(out, needs=(LAST,))
     if resume and epochs == 0:
         raise RouteError("--epochs", "0 (post-training) cannot continue a run; drop --resume")
-    # a dry run writes nothing, so it needs no run directory
-    if not post_training and not run_dir and out is None and not dry_run:
-        raise RouteError("--out", "is required (the run directory to write)")
+    # Without --out a fine-tune picks a new folder under runs/ (the CLI's
+    # default_run_dir); every torchrun process would pick its own, so there
+    # the folder must be named.
+    if (not post_training and not run_dir and out is None and not dry_run
+            and _world_size() > 1):
+        raise RouteError("--out", "is required under torchrun (every process must write "
+                         "the same run directory)")
     if (not post_training and not run_dir and out is not None and not resume
             and os.path.isfile(out)):
         raise RouteError("--out", f"{out} is a file; the run directory to write must be a "

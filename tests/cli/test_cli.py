@@ -64,7 +64,7 @@ def test_debug_shows_the_traceback() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["binarize", "model.pth", "--data", "digits"],   # a required option (--out) missing
+    ["binarize", "model.pth", "--data", "digits", "--force"],  # options that do not fit
     ["inspect"],                                     # a required argument missing
     ["inspect", "cifar_resnet20", "--act-bits", "x"],  # a value of the wrong type
     ["no-such-command"],

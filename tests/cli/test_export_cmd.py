@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from irconvert.checkpoint import atomic_save, model_from_checkpoint, new_checkpo
 from irconvert.cli import app
 from irconvert.export.runtime import load_predictor
 from irconvert.models import build_model
+from irconvert.outputs import default_export
 from tests.export.test_packed import binarized
 
 runner = CliRunner()
@@ -63,6 +65,27 @@ def test_export_packed_and_inspect(run_dir: Path, tmp_path: Path) -> None:
     assert out.read_bytes() == before
     result = runner.invoke(app, ["export", str(run_dir / "best.pt"), "-o", str(out), "--force"])
     assert result.exit_code == 0, result.output
+
+
+def test_without_out_exports_go_beside_the_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    # `irconvert export runs/r18/best.pt --format onnx`, as users type it
+    run = tmp_path / "r18"
+    run.mkdir()
+    shutil.copy(run_dir / "best.pt", run / "best.pt")
+    result = runner.invoke(app, ["export", str(run)])  # a run folder stands for its best.pt
+    assert result.exit_code == 0, result.output
+    assert (run / "best.irc").is_file()
+    result = runner.invoke(app, ["export", str(run / "best.pt"), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(run / "best.irc"), "--format", "onnx"])
+    one_line_error(result, "best.onnx already exists")  # from the .irc: the same name
+    assert sorted(p.name for p in run.iterdir()) == ["best.irc", "best.onnx", "best.pt"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model_from_checkpoint(run)(x).numpy()
+    for name in ("best.irc", "best.onnx"):
+        assert np.abs(load_predictor(run / name)(x.numpy()) - ref).max() <= 1e-4, name
+    assert default_export(run / "best.pt", "") == run / "best-openvino"  # OpenVINO's folder
 
 
 def test_export_onnx_and_bench(run_dir: Path, tmp_path: Path) -> None:

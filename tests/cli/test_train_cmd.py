@@ -138,10 +138,36 @@ def test_class_count_mismatch_and_replace(setup: dict[str, Path]) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_run_dir_without_resume_and_missing_out(setup: dict[str, Path]) -> None:
+def test_without_out_each_run_gets_a_new_folder_under_runs(
+        setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `irconvert binarize MODEL --data D --recipe R`, as users type it
+    monkeypatch.chdir(tmp_path)
+    args = ["binarize", str(setup["model"]), "--arch", "digits_cnn", "--data",
+            f"imagefolder:{setup['data']}", "--recipe", str(setup["recipe"]), "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "no --out: the run goes to runs/digits-1w1a/" in first.stderr
+    assert (tmp_path / "runs" / "digits-1w1a" / "best.pt").is_file()
+    second = runner.invoke(app, [*args, "--set", "binarize.act_bits=32"])
+    assert second.exit_code == 0, second.output
+    assert (tmp_path / "runs" / "digits-1w32a" / "best.pt").is_file()
+    third = runner.invoke(app, args)  # never into a run that is there
+    assert third.exit_code == 0, third.output
+    assert "runs/digits-1w1a-2/" in third.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "digits-1w1a", "digits-1w1a-2", "digits-1w32a"]
+
+
+def test_torchrun_needs_out(setup: dict[str, Path], tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     result = runner.invoke(app, ["binarize", str(setup["model"]), "--data", str(setup["data"])])
-    assert result.exit_code == 2 and "--out" in result.output
-    assert "internal error" not in result.output
+    assert result.exit_code == 2 and "--out" in result.output and "torchrun" in result.output
+    assert "internal error" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_run_dir_without_resume_and_an_out_taken(setup: dict[str, Path]) -> None:
     run = setup["base"] / "run2"
     assert _binarize(setup, run).exit_code == 0
     result = runner.invoke(app, ["binarize", str(run), "--quiet"])

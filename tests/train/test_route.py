@@ -34,13 +34,20 @@ def test_the_four_jobs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("options", "option", "words"), [
-    ({"data": "digits"}, "--out", "is required"),
+    ({"data": "digits"}, "--out", "required under torchrun"),
     ({"data": "digits", "out": "r", "force": True}, "--force", "never replaced"),
 ])
-def test_options_that_do_not_fit_name_the_option(options: dict, option: str, words: str) -> None:
+def test_options_that_do_not_fit_name_the_option(options: dict, option: str, words: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # only there is --out needed for a fine-tune
     with pytest.raises(RouteError) as err:
         route(**options)
     assert err.value.option == option and words in str(err.value)
+
+
+def test_a_single_process_fine_tune_needs_no_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert route(data="digits") == "fine-tune"  # the CLI picks runs/NAME-1w1a/
 
 
 def test_an_existing_file_as_out_is_one_line(tmp_path: Path) -> None:
