@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "all_reduce_sum", "cleanup", "init_distributed"]
+__all__ = ["DistEnv", "all_reduce_sum", "cleanup", "init_distributed", "world_size"]
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,17 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def world_size() -> int:
+    """How many processes ``torchrun`` started (1 outside it)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group ``torchrun`` describes (NCCL on CUDA, gloo on CPU).
 
     Without ``WORLD_SIZE`` > 1 in the environment nothing is initialised.
     """
-    world = _env_int("WORLD_SIZE", 1)
+    world = world_size()
     if world <= 1:
         return DistEnv()
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)

@@ -16,6 +16,7 @@ from typing import Literal
 from irconvert.checkpoint import check_resumable, is_run_dir
 from irconvert.errors import ConfigError
 from irconvert.outputs import LAST
+from irconvert.train.distributed import world_size
 
 __all__ = ["Route", "RouteError", "plan_route"]
 
@@ -46,13 +47,6 @@ class Route:
         return self.kind == "post-training"
 
 
-def _world_size() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
 def plan_route(model: str | os.PathLike[str], *, data: str | None, epochs: int | None,
                out: str | os.PathLike[str] | None, resume: bool, force: bool,
                dry_run: bool) -> Route:
@@ -76,7 +70,7 @@ def plan_route(model: str | os.PathLike[str], *, data: str | None, epochs: int |
     # default_run_dir); every torchrun process would pick its own, so there
     # the folder must be named.
     if (not post_training and not run_dir and out is None and not dry_run
-            and _world_size() > 1):
+            and world_size() > 1):
         raise RouteError("--out", "is required under torchrun (every process must write "
                          "the same run directory)")
     if (not post_training and not run_dir and out is not None and not resume
