@@ -15,9 +15,13 @@ under 1/1000 of its peak (the recipes' cosine schedule ends at 0).
         results/long-run/cifar10-r20-1w1a-160ep/metrics.jsonl \\
         --names 60 80 160 --out results/long-run/curve
 
-Minutes are the sum of the epochs' training-loop times (``time`` in each row:
-evaluations and start-up left out), as the machine ran them: legs that
-shared their cores with other work count their slower epochs.
+Minutes come two ways. "Training minutes" add up the epochs' training-loop
+times (``time`` in each row: evaluations and start-up left out) as the
+machine ran them, so legs that shared their cores with other work, or were
+stopped with SIGSTOP mid-epoch, count that time too. "Minutes at the median
+epoch" are the epochs times the run's median epoch time: what the run takes
+with the cores to itself at its usual speed, the axis the plot's middle
+panel uses so that a stopped leg does not bend the curve.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +57,16 @@ def evaluations(rows: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
     return out
 
 
+def median_epoch_minutes(rows: list[dict[str, Any]]) -> float:
+    """The run's median epoch time, in minutes (0 for a run with no timed epoch)."""
+    times = [float(r["time"]) for r in rows if r.get("time")]
+    return statistics.median(times) / 60.0 if times else 0.0
+
+
 def table(runs: dict[str, list[dict[str, Any]]]) -> str:
-    lines = ["| run | epochs | last top-1 | training minutes | gain per doubling of epochs |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| run | epochs | last top-1 | training minutes | minutes at the median epoch "
+             "| gain per doubling of epochs |",
+             "|---|---:|---:|---:|---:|---:|"]
     previous: tuple[int, float] | None = None
     for name, rows in runs.items():
         evals = evaluations(rows)
@@ -62,14 +74,15 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
             continue
         epoch, minutes, top1 = evals[-1]
         length = len(rows)
+        steady = epoch * median_epoch_minutes(rows)
         gain = "-"
         if previous is not None and length > previous[0]:
             gain = f"{(top1 - previous[1]) / math.log2(length / previous[0]):+.2f}"
         if not finished(rows):
             lines.append(f"| {name} | in progress: {length} so far | {top1:.2f} at epoch "
-                         f"{epoch} | {minutes:.1f} | - |")
+                         f"{epoch} | {minutes:.1f} | {steady:.1f} | - |")
             continue
-        lines.append(f"| {name} | {length} | {top1:.2f} | {minutes:.1f} | {gain} |")
+        lines.append(f"| {name} | {length} | {top1:.2f} | {minutes:.1f} | {steady:.1f} | {gain} |")
         previous = (length, top1)
     lines += ["", "| run | epoch | training minutes | top-1 |", "|---|---:|---:|---:|"]
     for name, rows in runs.items():
@@ -83,20 +96,25 @@ def plot(runs: dict[str, list[dict[str, Any]]]) -> bytes:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 3.8), dpi=100)
-    ax_epoch, ax_len = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 3.8), dpi=100)
+    ax_epoch, ax_min, ax_len = fig.subplots(1, 3)
     finals = []
     for name, rows in runs.items():
         evals = evaluations(rows)
         if not evals:
             continue
         ax_epoch.plot([e for e, _, _ in evals], [t for _, _, t in evals], marker=".", label=name)
+        per_epoch = median_epoch_minutes(rows)
+        ax_min.plot([e * per_epoch for e, _, _ in evals], [t for _, _, t in evals], marker=".",
+                    label=name)
         if finished(rows):
             finals.append((len(rows), evals[-1][2], name))
     ax_epoch.set_xlabel("epoch")
     ax_epoch.set_ylabel("test top-1 (%)")
     ax_epoch.set_title("each run's evaluations")
     ax_epoch.legend(fontsize="small")
+    ax_min.set_xlabel("training minutes at the run's median epoch time")
+    ax_min.set_title("each run's evaluations against minutes")
     ax_len.plot([n for n, _, _ in finals], [t for _, t, _ in finals], marker="o")
     for n, t, name in finals:
         ax_len.annotate(name, (n, t), textcoords="offset points", xytext=(4, -10),
