@@ -43,8 +43,11 @@ from irconvert.export.openvino_graph import (
 from irconvert.export.openvino_int8 import (
     LayerPrecision,
     calibrate,
+    int8_pools,
     kept_layers,
+    pool_names,
     quantize_kept_layers,
+    quantize_pool_inputs,
     runtime_precisions,
 )
 from irconvert.outputs import check_output
@@ -81,7 +84,8 @@ class OpenVinoExport:
 
     ``layers`` lists every binary and full-precision layer with its
     precision (``binary``, ``int8`` or ``fp32``) and the reason;
-    ``int8_layers`` counts the int8 ones; ``calibration`` names the images
+    ``int8_layers`` counts the int8 ones with weights (an int8 max-pool is
+    listed in ``layers`` only); ``calibration`` names the images
     the int8 ranges came from (None without int8).
     """
 
@@ -150,9 +154,11 @@ def to_openvino_model(
     kept, others = kept_layers(ov_model, frozen)
     int8 = 0
     if calibration is not None and kept:
-        ranges = calibrate(ov_model, kept, calibration,
+        pools = int8_pools(ov_model, kept)
+        ranges = calibrate(ov_model, [layer.op for layer in kept] + pools, calibration,
                            compile_fn=lambda m, batch: compile_openvino(m, batch))
-        quantize_kept_layers(kept, ranges)
+        quantize_kept_layers(kept, ranges[:len(kept)])
+        quantize_pool_inputs(pools, ranges[len(kept):])
         ov_model.validate_nodes_and_infer_types()
         ran = runtime_precisions(compile_openvino(ov_model, 1))
         for layer in kept:
@@ -162,6 +168,12 @@ def to_openvino_model(
             why = f"{layer.role} {layer.shape}: int8 weights per channel, calibrated inputs"
             report.append(LayerPrecision(layer.name, "int8" if really else "fp32",
                                          f"{why}; {kernel}" if really
+                                         else f"{why}, but this CPU runs it in {precision}"))
+        for pool, name in zip(pools, pool_names(ov_model, frozen, pools), strict=True):
+            _, precision, kernel = ran.get(pool.get_friendly_name(), ("", "", ""))
+            why = "max-pool after an int8 layer: calibrated int8 input"
+            report.append(LayerPrecision(name, "int8" if precision in ("u8", "i8") else "fp32",
+                                         f"{why}; {kernel}" if precision in ("u8", "i8")
                                          else f"{why}, but this CPU runs it in {precision}"))
     else:
         report += [LayerPrecision(layer.name, "fp32", f"{layer.role} {layer.shape}: "

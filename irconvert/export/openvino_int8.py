@@ -27,6 +27,19 @@ each such ``Convolution``/``MatMul`` of an :mod:`openvino_export` graph as::
   ``u8`` inputs; a signed one ``u8`` with a zero point, both of which the
   plugin's int8 convolutions take.
 
+A ``MaxPool`` fed by a kept layer (ResNet-18's stem -> BatchNorm -> clamp
+-> max-pool) gets its input through a 256-level FakeQuantize as well
+(:func:`int8_pools`, :func:`quantize_pool_inputs`; range calibrated the same
+way). The plugin fuses that FakeQuantize into the kept layer, which then
+writes ``u8`` instead of fp32, and the max-pool runs on ``u8``: on an AMX
+Xeon (batch 32, one thread) the ResNet-18's stem plus max-pool went from 34.1
+to 15.3 ms, the whole binary + int8 model from 136.6 to 117.5 ms.
+Max-pooling commutes with the (monotonic) quantization, so this is the same
+as quantizing the pool's output: the tensor the next blocks read (their
+residual and their sign) carries int8 rounding (at most half a level), one
+more approximation of the int8 graph. A max-pool after a binary or float
+layer is left alone: there the FakeQuantize would be a pass of its own.
+
 Binary convolutions stay ``BinaryConvolution`` (their ``levels=2``
 FakeQuantize is untouched). Binary-weight layers that fell back to float
 convolutions (1W/32A layers, layers the kernel cannot run) stay fp32: their
@@ -56,8 +69,11 @@ __all__ = [
     "LayerPrecision",
     "calibrate",
     "const_value",
+    "int8_pools",
     "kept_layers",
+    "pool_names",
     "quantize_kept_layers",
+    "quantize_pool_inputs",
     "runtime_precisions",
 ]
 
@@ -197,31 +213,32 @@ def kept_layers(ov_model: Any, frozen: nn.Module | None = None) -> tuple[
     return layers, others
 
 
-def calibrate(ov_model: Any, layers: Sequence[KeptLayer], images: np.ndarray, *,
+def calibrate(ov_model: Any, ops: Sequence[Any], images: np.ndarray, *,
               compile_fn: Callable[[Any, int], Any]) -> list[tuple[float, float]]:
-    """Min and max of each layer's input over ``images`` (float32 NCHW, preprocessed).
+    """Min and max of each op's first input over ``images`` (float32 NCHW, preprocessed).
 
-    Runs a copy of the fp32 graph with the layers' inputs as extra outputs,
-    ``CALIBRATION_BATCH`` images at a time (the last batch is padded with
-    repeats, which cannot change a min or a max). ``compile_fn(model, batch)``
-    compiles for the CPU.
+    ``ops`` are nodes of ``ov_model`` (the kept layers' ``op`` and the
+    :func:`int8_pools`). Runs a copy of the fp32 graph with their inputs
+    as extra outputs, ``CALIBRATION_BATCH`` images at a time (the last batch
+    is padded with repeats, which cannot change a min or a max).
+    ``compile_fn(model, batch)`` compiles for the CPU.
     """
     if not len(images):
         raise ExportError("int8 calibration needs at least one image")
     model = ov_model.clone()
     by_name = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
     first = len(model.outputs)
-    model.add_outputs([by_name[layer.op.get_friendly_name()].input_value(0) for layer in layers])
+    model.add_outputs([by_name[op.get_friendly_name()].input_value(0) for op in ops])
     batch = min(CALIBRATION_BATCH, len(images))
     compiled = compile_fn(model, batch)
-    lo = np.full(len(layers), np.inf)
-    hi = np.full(len(layers), -np.inf)
+    lo = np.full(len(ops), np.inf)
+    hi = np.full(len(ops), -np.inf)
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
         if len(chunk) < batch:
             chunk = np.concatenate([chunk, images[:batch - len(chunk)]])
         result = compiled(np.ascontiguousarray(chunk, dtype=np.float32))
-        for i in range(len(layers)):
+        for i in range(len(ops)):
             value = np.asarray(result[first + i])
             lo[i] = min(lo[i], float(value.min()))
             hi[i] = max(hi[i], float(value.max()))
@@ -260,17 +277,77 @@ def quantize_kept_layers(layers: Sequence[KeptLayer],
 
     for layer, (lo, hi) in zip(layers, ranges, strict=True):
         op = layer.op
-        low, high = (np.array(v, np.float32) for v in activation_range(lo, hi))
-        fq = ops.fake_quantize(op.input_value(0), low, high, low, high, LEVELS)
-        fq.set_friendly_name(f"{op.get_friendly_name()}/int8_input")
         w = const_value(op.input_value(1).get_node())
         assert w is not None  # kept_layers only returns constant weights
         axis = 1 if op.get_type_name() == "MatMul" and not op.get_attributes()["transpose_b"] \
             else 0
         q, scale = int8_weights(w.astype(np.float32), axis)
         weights = ops.multiply(ops.convert(ops.constant(q), np.float32), ops.constant(scale))
-        op.input(0).replace_source_output(fq.output(0))
+        _quantize_input(op, lo, hi)
         op.input(1).replace_source_output(weights.output(0))
+
+
+def _quantize_input(op: Any, lo: float, hi: float) -> None:
+    """``op`` reads its first input through a 256-level FakeQuantize over ``[lo, hi]``."""
+    import openvino.opset13 as ops
+
+    low, high = (np.array(v, np.float32) for v in activation_range(lo, hi))
+    fq = ops.fake_quantize(op.input_value(0), low, high, low, high, LEVELS)
+    fq.set_friendly_name(f"{op.get_friendly_name()}/int8_input")
+    op.input(0).replace_source_output(fq.output(0))
+
+
+# Ops between a kept layer and a max-pool that the plugin fuses into the
+# layer's output (a folded BatchNorm's Multiply/Add, the activation).
+_FUSABLE = ("Multiply", "Add", "Subtract", "Clamp", "Relu")
+
+
+def _fed_by(op: Any, kept: set[str]) -> bool:
+    """Whether ``op`` reads a kept layer's output through fusable per-channel ops alone."""
+    node = op.input_value(0).get_node()
+    while True:
+        if len(node.output(0).get_target_inputs()) != 1:
+            return False  # the value is read elsewhere too: it stays fp32 anyway
+        if node.get_friendly_name() in kept:
+            return True
+        if node.get_type_name() not in _FUSABLE:
+            return False
+        variable = [node.input_value(i).get_node() for i in range(node.get_input_size())
+                    if const_value(node.input_value(i).get_node()) is None]
+        if len(variable) != 1:
+            return False  # two tensors: a residual sum, not a per-channel op
+        node = variable[0]
+
+
+def int8_pools(ov_model: Any, layers: Sequence[KeptLayer]) -> list[Any]:
+    """The ``MaxPool`` nodes fed by a kept layer (see the module doc), in graph order."""
+    kept = {layer.op.get_friendly_name() for layer in layers}
+    return [op for op in ov_model.get_ordered_ops()
+            if op.get_type_name() == "MaxPool" and _fed_by(op, kept)]
+
+
+def pool_names(ov_model: Any, frozen: nn.Module | None, pools: Sequence[Any]) -> list[str]:
+    """The PyTorch module names of ``pools``, else their node names.
+
+    Graph and model list their max-pools in the same order; the names are
+    matched by that order when the counts agree (a functional
+    ``F.max_pool2d`` has no module, and then the node names are kept).
+    """
+    graph = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+             if op.get_type_name() == "MaxPool"]
+    modules = [name for name, m in (frozen.named_modules() if frozen is not None else [])
+               if isinstance(m, nn.MaxPool2d)]
+    by_node = dict(zip(graph, modules, strict=True)) if len(graph) == len(modules) else {}
+    return [by_node.get(op.get_friendly_name(), op.get_friendly_name()) for op in pools]
+
+
+def quantize_pool_inputs(pools: Sequence[Any], ranges: Sequence[tuple[float, float]]) -> None:
+    """Put each max-pool's input through a 256-level FakeQuantize (in place).
+
+    The caller revalidates the model (``validate_nodes_and_infer_types``).
+    """
+    for pool, (lo, hi) in zip(pools, ranges, strict=True):
+        _quantize_input(pool, lo, hi)
 
 
 def runtime_precisions(compiled: Any) -> dict[str, tuple[str, str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,3 +251,105 @@ def test_int8_layers_do_not_saturate_on_cpus_without_vnni(kind: str) -> None:
     assert "u8" in {p for _, p, _ in kept_kernels(compiled).values()}  # really int8
     out = np.asarray(compiled(inputs)[0])
     assert np.allclose(out, 2.55 * w[0].sum(), rtol=1e-4), out.ravel()[:4]
+
+
+class PoolNet(nn.Module):
+    """stem -> max-pool -> binary block with an identity shortcut -> classifier.
+
+    The start of a torchvision ResNet-18.
+    """
+
+    irconvert_input_size = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(nn.functional.hardtanh(self.bn0(self.stem(x))))
+        x = nn.functional.hardtanh(self.bn1(self.conv1(x)) + x)
+        return self.fc(x.mean((2, 3)))
+
+
+def _pool_input(xml: Path) -> Any:
+    """The node that feeds the IR's MaxPool."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    pool = next(op for op in model.get_ordered_ops() if op.get_type_name() == "MaxPool")
+    return pool.input_value(0).get_node()
+
+
+def test_a_max_pool_after_an_int8_stem_runs_int8(tmp_path: Path) -> None:
+    """The stem writes int8 and the max-pool reads it; the graph computes what PyTorch
+    does with the same quantization of the pool's input."""
+    torch.manual_seed(0)
+    model = PoolNet()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    randomize_bn(model)
+    grid_stem(model.stem)
+    model.eval()
+    res = export_openvino(model, tmp_path / "ov", calibration=grid_images(64, 1))
+    report = {layer.name: layer for layer in res.layers}
+    assert report["pool"].precision == "int8", report["pool"]
+    assert report["pool"].why.startswith("max-pool after an int8 layer")
+    assert res.int8_layers == 2  # stem and classifier: the pool has no weights
+
+    compiled = compile_openvino(res.xml, 32)
+    pools = [node for node in compiled.get_runtime_model().get_ops()
+             if str(node.get_rt_info()["layerType"].astype(str)) == "Pooling"
+             or node.get_type_name() == "MaxPool"]
+    precisions = {str(n.get_rt_info()["runtimePrecision"].astype(str)) for n in pools}
+    assert precisions and precisions <= {"u8", "i8"}, precisions
+
+    # reference: PyTorch with the pool's input quantized on the IR's own grid
+    fq = _pool_input(res.xml)
+    assert fq.get_type_name() == "FakeQuantize"
+    assert fq.get_attributes()["levels"] == 256
+    low, high = (float(np.asarray(fq.input_value(i).get_node().get_data()).ravel()[0])
+                 for i in (1, 2))
+    scale = (high - low) / 255
+    zero = round(-low / scale)
+
+    def quantized(module: nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        return (torch.fake_quantize_per_tensor_affine(args[0], scale, zero, 0, 255),)
+
+    x = grid_images(32, 3)
+    with torch.no_grad():
+        plain = model(torch.from_numpy(x)).numpy()
+        handle = model.pool.register_forward_pre_hook(quantized)
+        ref = model(torch.from_numpy(x)).numpy()
+        handle.remove()
+    out = np.asarray(compiled(x)[0])
+    err = np.abs(out - ref).max()
+    assert err <= 0.05 * np.abs(ref).max(), err  # the classifier's int8 rounding only
+    top2 = np.sort(ref, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * err
+    assert clear.sum() >= len(x) // 2
+    assert np.array_equal(out.argmax(1)[clear], ref.argmax(1)[clear])
+    assert not np.array_equal(plain, ref)  # the quantization is real, not a no-op
+
+
+def test_a_max_pool_after_a_binary_layer_stays_float(tmp_path: Path) -> None:
+    """Only a pool that reads a kept layer's output gets an int8 input: elsewhere the
+    FakeQuantize would be a pass of its own."""
+    class BinaryThenPool(PoolNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = nn.functional.hardtanh(self.bn0(self.stem(x)))
+            x = self.pool(nn.functional.hardtanh(self.bn1(self.conv1(x)) + x))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = BinaryThenPool()
+    irconvert.binarize_(model, irconvert.BinarizeConfig(), warn=False)
+    randomize_bn(model)
+    model.eval()
+    res = export_openvino(model, tmp_path / "ov", calibration=grid_images(16, 1))
+    assert "pool" not in {layer.name for layer in res.layers}
+    assert _pool_input(res.xml).get_type_name() != "FakeQuantize"
+    assert res.int8_layers == 2
