@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -47,3 +48,18 @@ def cpu_flags() -> list[str]:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
                   if line.startswith("flags")), [])
     return [f for f in INFERENCE_FLAGS if f in flags]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none).
+
+    Timings taken while other work runs on the same cores (a training run)
+    are not the machine's, and engines that share a core's AMX or AVX-512
+    units with it suffer most; reports print the load at the start and the
+    end of their timed part so a reader can tell. The benchmark's own
+    threads count too, and the average trails the load by about a minute.
+    """
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None

@@ -48,7 +48,7 @@ from irconvert.export.bench import BASELINE, BenchRow, compare, model_bytes
 from irconvert.export.runtime import Predictor, load_predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_flags, machine
+from _common import cpu_flags, load_average, machine
 
 
 def randomize_bn(model: nn.Module) -> None:
@@ -160,6 +160,7 @@ def main() -> None:
         "openvino binary + int8 (default hint)": hinted(files["OpenVINO binary + int8 IR"]),
     })
     rows: dict[tuple[str, int, int], BenchRow] = {}
+    load_start = load_average()
     for batch in args.batches:
         for row in compare(engines, [batch], args.threads, warmup=2, rounds=args.rounds,
                            runs=args.runs if batch == 1 else max(3, args.runs // 3)):
@@ -167,6 +168,10 @@ def main() -> None:
             print(f"{row.label:40s} batch {batch:3d} threads {row.threads or 'all':>3}: "
                   f"{row.median_ms:9.2f} ms  {row.throughput:8.1f} img/s  "
                   f"{row.speedup:5.2f}x", flush=True)
+    load_end = load_average()
+    load = ("load average unknown" if load_start is None or load_end is None else
+            f"load average {load_start:.2f} when the timing started, {load_end:.2f} when it "
+            "ended (its own threads included)")
     # the peer of a binary row: the fastest engine that is not binary, same batch and threads
     peer = {(b, t): min(r.median_ms for (name, b2, t2), r in rows.items()
                         if b2 == b and t2 == t and "binary" not in name)
@@ -176,7 +181,7 @@ def main() -> None:
         "## Inference speed: ResNet-18 1W/1A (224x224, CPU)",
         "",
         f"Machine: {machine()}; flags: {', '.join(cpu_flags()) or 'unknown'}; "
-        f"{os.cpu_count()} logical CPUs. torch {torch.__version__}, "
+        f"{os.cpu_count()} logical CPUs; {load}. torch {torch.__version__}, "
         f"onnxruntime {__import__('onnxruntime').__version__}, openvino {ov.__version__}"
         + (f", nncf {__import__('nncf').__version__}" if int8_peer else ", no nncf "
            "(pip install nncf for the int8 peer)") + ". "

@@ -1,6 +1,8 @@
 """Where an OpenVINO IR spends its time: per-layer CPU profile grouped by layer type and kernel.
 
-Compiles the IR for the CPU (fp32, fixed batch, ``INFERENCE_NUM_THREADS``),
+Compiles the IR for the CPU (fixed batch, ``INFERENCE_NUM_THREADS``; the exact
+f32 precision hint, or with ``--hint default`` the plugin's own: bf16 float
+layers on CPUs with AMX or AVX512_BF16),
 runs it with ``PERF_COUNT`` on, takes each layer's median time over the timed
 runs and prints a markdown table grouped by (layer type, kernel), slowest
 first, plus the nodes the plugin fused into a neighbour (0 ms, exec type
@@ -9,7 +11,7 @@ exceed the end-to-end latency measured in the same (profiled) runs.
 
 Usage:
     python benchmarks/openvino_profile.py /tmp/infbench/resnet18_bin_ov [--batch 1]
-        [--threads 1] [--runs 30] [--top 10]
+        [--threads 1] [--runs 30] [--top 10] [--hint f32|default]
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ import numpy as np
 from irconvert.export.openvino_export import XML_NAME, import_openvino
 
 
-def profile(xml: Path, batch: int, threads: int, runs: int,
-            warmup: int = 5) -> tuple[dict[tuple[str, str, str], float], float]:
+def profile(xml: Path, batch: int, threads: int, runs: int, warmup: int = 5,
+            hint: str = "f32") -> tuple[dict[tuple[str, str, str], float], float]:
     """``({(name, layer type, kernel): median ms}, median end-to-end ms)``."""
     ov = import_openvino()
     core = ov.Core()
     model = core.read_model(str(xml))
     shape = [batch] + [d.get_length() for d in list(model.input(0).get_partial_shape())[1:]]
     model.reshape({model.input(0).get_any_name(): shape})
-    config: dict[str, object] = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, object] = {"PERF_COUNT": True}
+    if hint == "f32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     request = core.compile_model(model, "CPU", config).create_infer_request()
@@ -58,9 +62,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="0 = all")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--top", type=int, default=0, help="also list the N slowest layers")
+    parser.add_argument("--hint", choices=["f32", "default"], default="f32",
+                        help="precision hint: exact f32, or the plugin's default (bf16 on "
+                        "CPUs that have it)")
     args = parser.parse_args()
     xml = args.ir / XML_NAME if args.ir.is_dir() else args.ir
-    layers, latency = profile(xml, args.batch, args.threads, args.runs)
+    layers, latency = profile(xml, args.batch, args.threads, args.runs, hint=args.hint)
 
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     fused: Counter[str] = Counter()
@@ -70,7 +77,8 @@ def main() -> None:
         elif kind not in ("Input", "Output", "Const", "Parameter", "Result"):
             groups[(kind, kernel)].append(ms)
     layer_sum = sum(sum(v) for v in groups.values())
-    print(f"{xml}: batch {args.batch}, threads {args.threads or 'all'}, median of "
+    print(f"{xml}: batch {args.batch}, threads {args.threads or 'all'}, {args.hint} hint, "
+          f"median of "
           f"{args.runs} runs: end-to-end {latency:.2f} ms, sum of layers {layer_sum:.2f} ms\n")
     print("| layer type | kernel | layers | ms | share |")
     print("|---|---|---:|---:|---:|")
