@@ -301,11 +301,9 @@ def test_a_max_pool_after_an_int8_stem_runs_int8(tmp_path: Path) -> None:
     assert res.int8_layers == 2  # stem and classifier: the pool has no weights
 
     compiled = compile_openvino(res.xml, 32)
-    pools = [node for node in compiled.get_runtime_model().get_ops()
-             if str(node.get_rt_info()["layerType"].astype(str)) == "Pooling"
-             or node.get_type_name() == "MaxPool"]
-    precisions = {str(n.get_rt_info()["runtimePrecision"].astype(str)) for n in pools}
-    assert precisions and precisions <= {"u8", "i8"}, precisions
+    pools = {precision for kind, precision, _ in runtime_precisions(compiled).values()
+             if kind == "Pooling"}
+    assert pools and pools <= {"u8", "i8"}, pools
 
     # reference: PyTorch with the pool's input quantized on the IR's own grid
     fq = _pool_input(res.xml)
