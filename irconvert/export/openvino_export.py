@@ -162,24 +162,28 @@ def to_openvino_model(
         ov_model.validate_nodes_and_infer_types()
         ran = runtime_precisions(compile_openvino(ov_model, 1))
         for layer in kept:
-            _, precision, kernel = _runtime_row(ran, layer.op.get_friendly_name())
-            really = precision in ("u8", "i8")
-            int8 += really
-            why = f"{layer.role} {layer.shape}: int8 weights per channel, calibrated inputs"
-            report.append(LayerPrecision(layer.name, "int8" if really else "fp32",
-                                         f"{why}; {kernel}" if really
-                                         else f"{why}, but this CPU runs it in {precision}"))
-        for pool, name in zip(pools, pool_names(ov_model, frozen, pools), strict=True):
-            _, precision, kernel = ran.get(pool.get_friendly_name(), ("", "", ""))
-            why = "max-pool after an int8 layer: calibrated int8 input"
-            report.append(LayerPrecision(name, "int8" if precision in ("u8", "i8") else "fp32",
-                                         f"{why}; {kernel}" if precision in ("u8", "i8")
-                                         else f"{why}, but this CPU runs it in {precision}"))
+            row = _int8_row(layer.name, _runtime_row(ran, layer.op.get_friendly_name()),
+                            f"{layer.role} {layer.shape}: int8 weights per channel, "
+                            "calibrated inputs")
+            int8 += row.precision == "int8"
+            report.append(row)
+        report += [_int8_row(name, ran.get(pool.get_friendly_name(), ("", "", "")),
+                             "max-pool after an int8 layer: calibrated int8 input")
+                   for pool, name in zip(pools, pool_names(ov_model, frozen, pools),
+                                         strict=True)]
     else:
         report += [LayerPrecision(layer.name, "fp32", f"{layer.role} {layer.shape}: "
                                   f"{int8_off_reason}") for layer in kept]
     report += others
     return OpenVinoGraph(ov_model, count, fallback, report, int8)
+
+
+def _int8_row(name: str, ran: tuple[str, str, str], why: str) -> LayerPrecision:
+    """A layer meant to run int8: reported ``int8`` only if the compiled graph really does."""
+    _, precision, kernel = ran
+    if precision in ("u8", "i8"):
+        return LayerPrecision(name, "int8", f"{why}; {kernel}")
+    return LayerPrecision(name, "fp32", f"{why}, but this CPU runs it in {precision}")
 
 
 def _runtime_row(ran: dict[str, tuple[str, str, str]], name: str) -> tuple[str, str, str]:
