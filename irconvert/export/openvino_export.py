@@ -183,6 +183,10 @@ def _int8_row(name: str, ran: tuple[str, str, str], why: str) -> LayerPrecision:
     _, precision, kernel = ran
     if precision in ("u8", "i8"):
         return LayerPrecision(name, "int8", f"{why}; {kernel}")
+    if not precision:
+        # Fused away or renamed past recognition: say so rather than "runs it in ".
+        return LayerPrecision(name, "fp32", f"{why}, but the compiled graph shows no node "
+                                            "for it to confirm int8")
     return LayerPrecision(name, "fp32", f"{why}, but this CPU runs it in {precision}")
 
 

@@ -14,7 +14,12 @@ from torch import nn
 import irconvert
 from irconvert.errors import DataError
 from irconvert.export.calibration import calibration_images
-from irconvert.export.openvino_export import binary_conv_layers, compile_openvino, export_openvino
+from irconvert.export.openvino_export import (
+    _int8_row,
+    binary_conv_layers,
+    compile_openvino,
+    export_openvino,
+)
 from irconvert.export.openvino_int8 import (
     WEIGHT_QMAX,
     activation_range,
@@ -351,3 +356,13 @@ def test_a_max_pool_after_a_binary_layer_stays_float(tmp_path: Path) -> None:
     assert "pool" not in {layer.name for layer in res.layers}
     assert _pool_input(res.xml).get_type_name() != "FakeQuantize"
     assert res.int8_layers == 2
+
+
+def test_a_layer_meant_for_int8_is_reported_by_what_the_compiled_graph_runs() -> None:
+    ran_int8 = _int8_row("conv1", ("Convolution", "u8", "brgconv_i8"), "stem")
+    assert (ran_int8.precision, ran_int8.why) == ("int8", "stem; brgconv_i8")
+    ran_float = _int8_row("conv1", ("Convolution", "f32", "jit"), "stem")
+    assert (ran_float.precision, ran_float.why) == ("fp32", "stem, but this CPU runs it in f32")
+    missing = _int8_row("conv1", ("", "", ""), "stem")
+    assert missing.precision == "fp32"
+    assert missing.why.endswith("shows no node for it to confirm int8")
