@@ -167,7 +167,7 @@ def to_openvino_model(
                             "calibrated inputs")
             int8 += row.precision == "int8"
             report.append(row)
-        report += [_int8_row(name, ran.get(pool.get_friendly_name(), ("", "", "")),
+        report += [_int8_row(name, _runtime_row(ran, pool.get_friendly_name(), _POOL_NODES),
                              "max-pool after an int8 layer: calibrated int8 input")
                    for pool, name in zip(pools, pool_names(ov_model, frozen, pools),
                                          strict=True)]
@@ -190,12 +190,22 @@ def _int8_row(name: str, ran: tuple[str, str, str], why: str) -> LayerPrecision:
     return LayerPrecision(name, "fp32", f"{why}, but this CPU runs it in {precision}")
 
 
-def _runtime_row(ran: dict[str, tuple[str, str, str]], name: str) -> tuple[str, str, str]:
-    """The compiled node that runs ``name`` (the plugin may rename it ``name/...``)."""
+# The compiled node kinds that may stand for a kept layer or an int8 max-pool.
+_LAYER_NODES = ("Convolution", "FullyConnected", "MatMul")
+_POOL_NODES = ("Pooling", "MaxPool")
+
+
+def _runtime_row(ran: dict[str, tuple[str, str, str]], name: str,
+                 kinds: tuple[str, ...] = _LAYER_NODES) -> tuple[str, str, str]:
+    """The compiled node that runs ``name``.
+
+    The plugin may rename it ``name/...``; among renamed nodes only one of
+    ``kinds`` counts, so a reorder or convert split off beside it is not
+    taken for the layer itself.
+    """
     if name in ran:
         return ran[name]
-    rows = [row for key, row in ran.items() if key.startswith(name + "/")
-            and row[0] in ("Convolution", "FullyConnected", "MatMul")]
+    rows = [row for key, row in ran.items() if key.startswith(name + "/") and row[0] in kinds]
     return rows[0] if rows else ("", "", "")
 
 

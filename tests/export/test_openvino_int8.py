@@ -15,7 +15,9 @@ import irconvert
 from irconvert.errors import DataError
 from irconvert.export.calibration import calibration_images
 from irconvert.export.openvino_export import (
+    _POOL_NODES,
     _int8_row,
+    _runtime_row,
     binary_conv_layers,
     compile_openvino,
     export_openvino,
@@ -366,3 +368,14 @@ def test_a_layer_meant_for_int8_is_reported_by_what_the_compiled_graph_runs() ->
     missing = _int8_row("conv1", ("", "", ""), "stem")
     assert missing.precision == "fp32"
     assert missing.why.endswith("shows no node for it to confirm int8")
+
+
+def test_a_renamed_node_is_found_only_among_the_kinds_that_stand_for_the_layer() -> None:
+    ran = {"pool/reorder": ("Reorder", "f32", "ref"), "pool/fused": ("Pooling", "u8", "jit_i8"),
+           "conv/reorder": ("Reorder", "f32", "ref"), "conv/fused": ("Convolution", "u8", "i8")}
+    assert _runtime_row(ran, "pool", _POOL_NODES) == ("Pooling", "u8", "jit_i8")
+    assert _runtime_row(ran, "conv") == ("Convolution", "u8", "i8")
+    # A pool is not found among convolution kinds, nor a layer whose only
+    # renamed node is a reorder: "no node", never the reorder's precision.
+    assert _runtime_row(ran, "pool") == ("", "", "")
+    assert _runtime_row({"fc/reorder": ("Reorder", "f32", "ref")}, "fc") == ("", "", "")
