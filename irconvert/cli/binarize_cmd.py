@@ -187,7 +187,7 @@ def _default_recipe(model: str, load: dict[str, Any], act_bits: int | None,
     if announce:  # conversion without training needs no word about the training recipe
         mode = "1W/1A" if (act_bits or 1) == 1 else "1W/32A"
         err_console.print(f"[yellow]note:[/] no --recipe: using {escape(str(path))}, the "
-                          f"measured recipe for {arch} {mode}", highlight=False, soft_wrap=True)
+                          f"shipped recipe for {arch} {mode}", highlight=False, soft_wrap=True)
     return config
 
 

@@ -38,14 +38,19 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerConfig(Section):
-    """Optimizer. Weight decay never applies to BatchNorm parameters or biases.
+    """Optimizer. Weight decay applies to BatchNorm parameters and biases only with ``decay_norms``.
 
     Args:
         name: ``sgd``, ``adam`` or ``adamw``.
         lr: peak learning rate (after warmup).
         momentum: SGD momentum.
         nesterov: SGD Nesterov momentum.
-        weight_decay: L2 / decoupled decay on conv and linear weights only.
+        weight_decay: L2 / decoupled decay on conv and linear weights (and,
+            with ``decay_norms``, on the 1-d parameters too).
+        decay_norms: also decay the 1-d parameters (BatchNorm scales and
+            shifts, biases, activation thresholds), as the authors' code does
+            (it decays every parameter); off, they keep their scale, as most
+            modern recipes prefer.
         betas: Adam/AdamW betas.
         norm_lr_scale: learning-rate multiplier for the 1-d parameters
             (BatchNorm scales and shifts, biases, activation thresholds,
@@ -65,6 +70,7 @@ class OptimizerConfig(Section):
     momentum: float = unit_open(default=0.9)
     nesterov: bool = False
     weight_decay: float = nonneg(default=1e-4)
+    decay_norms: bool = False
     betas: tuple[float, float] = unit_open(default=(0.9, 0.999))
     norm_lr_scale: float = positive(default=1.0)
     latent_lr_scale: float = positive(default=1.0)

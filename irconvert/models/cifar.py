@@ -3,6 +3,10 @@
 - ``cifar_resnet20/32/44/56``: He et al. (2016) CIFAR ResNets with the
   parameter-free "option A" shortcut; keys match the widely used pretrained
   weights (``conv1``, ``bn1``, ``layerN.i.conv1`` ..., ``linear``).
+- ``irnet_resnet20/32/44/56``: the same networks with the IR-Net authors'
+  head, a BatchNorm1d before the classifier (their ``bn2``): the network
+  their 1W/1A CIFAR-10 results come from, for training from scratch (their
+  1W/32A script differs again and is not built in).
 - ``cifar_resnet18``: the 4-stage ResNet-18 for 32x32 inputs with 1x1
   projection shortcuts (``shortcut.0``/``shortcut.1``).
 - ``vgg_small``: the VGG-Small of the binary-network papers (LQ-Nets,
@@ -85,7 +89,7 @@ class CifarResNet(nn.Module):
 
     def __init__(
         self, num_blocks: list[int], num_classes: int = 10,
-        widths: tuple[int, ...] = (16, 32, 64), option: str = "A",
+        widths: tuple[int, ...] = (16, 32, 64), option: str = "A", head_bn: bool = False,
     ) -> None:
         super().__init__()
         self.in_planes = widths[0]
@@ -100,6 +104,9 @@ class CifarResNet(nn.Module):
                 self.in_planes = width
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.num_stages = len(widths)
+        # The authors' 1W/1A network normalises the pooled features before
+        # the classifier; the pretrained float ResNets have no such layer.
+        self.bn2: nn.Module | None = nn.BatchNorm1d(widths[-1]) if head_bn else None
         self.linear = nn.Linear(widths[-1], num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -110,16 +117,20 @@ class CifarResNet(nn.Module):
         for i in range(self.num_stages):
             out = getattr(self, f"layer{i + 1}")(out)
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        out = self.linear(out)
-        return out
+        if self.bn2 is not None:
+            out = self.bn2(out)
+        return self.linear(out)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
-    """CIFAR ResNet-``depth`` (20, 32, 44, 56, 110) with option-A shortcuts."""
+def cifar_resnet(depth: int, num_classes: int = 10, head_bn: bool = False) -> CifarResNet:
+    """CIFAR ResNet-``depth`` (20, 32, 44, 56, 110) with option-A shortcuts.
+
+    ``head_bn`` adds the IR-Net authors' BatchNorm1d before the classifier.
+    """
     if (depth - 2) % 6 or depth < 8:
         raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
     n = (depth - 2) // 6
-    return CifarResNet([n, n, n], num_classes)
+    return CifarResNet([n, n, n], num_classes, head_bn=head_bn)
 
 
 def cifar_resnet18(num_classes: int = 10) -> CifarResNet:

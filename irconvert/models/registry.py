@@ -21,6 +21,8 @@ BUILTIN: dict[str, Callable[[int], nn.Module]] = {
     "cifar_resnet32": functools.partial(cifar.cifar_resnet, 32),
     "cifar_resnet44": functools.partial(cifar.cifar_resnet, 44),
     "cifar_resnet56": functools.partial(cifar.cifar_resnet, 56),
+    **{f"irnet_resnet{d}": functools.partial(cifar.cifar_resnet, d, head_bn=True)
+       for d in (20, 32, 44, 56)},
     "cifar_resnet18": cifar.cifar_resnet18,
     "vgg_small": cifar.vgg_small,
     "digits_cnn": digits.digits_cnn,

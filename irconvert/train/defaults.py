@@ -3,7 +3,8 @@
 The shipped recipes live inside the package (``irconvert/recipes``, also
 reachable as ``recipes/`` in a checkout), so an installed irconvert finds
 them. A recognised CIFAR ResNet gets the measured fine-tuning recipe of its
-mode (docs/benchmarks.md); anything else gets the generic defaults of
+mode (docs/benchmarks.md), the authors' ``irnet_resnet`` their from-scratch
+1W/1A recipe; anything else gets the generic defaults of
 :class:`~irconvert.config.TrainConfig`.
 """
 
@@ -21,6 +22,8 @@ RECIPES_DIR = SHIPPED_RECIPES
 # arch prefix -> recipe file stem, per mode (act_bits)
 _DEFAULTS: dict[str, dict[int, str]] = {
     "cifar_resnet": {1: "cifar10-resnet20-finetune-1w1a", 32: "cifar10-resnet20-finetune-1w32a"},
+    # the authors' network has no pretrained weights: their from-scratch recipe
+    "irnet_resnet": {1: "cifar10-resnet20-1w1a"},
 }
 
 

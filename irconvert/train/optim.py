@@ -1,4 +1,4 @@
-"""Optimizer with decay-free BatchNorm/bias groups, and the per-step lr schedule."""
+"""Optimizer with BatchNorm/bias groups (decay-free by default), and the per-step lr schedule."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ __all__ = ["build_optimizer", "lr_factor_fn", "param_groups"]
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float,
                  norm_lr_scale: float = 1.0,
-                 latent_lr_scale: float = 1.0) -> list[dict[str, object]]:
-    """Conv/linear weights decay; biases, BatchNorm and other 1-d parameters do not.
+                 latent_lr_scale: float = 1.0,
+                 decay_norms: bool = False) -> list[dict[str, object]]:
+    """Conv/linear weights decay; biases, BatchNorm and other 1-d params only with ``decay_norms``.
 
     The 1-d group (which also holds activation thresholds and RPReLU
     parameters) runs at ``lr * norm_lr_scale``. With ``latent_lr_scale``
@@ -47,13 +48,16 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float,
         groups.append({"params": latent, "weight_decay": weight_decay,
                        "lr": lr * latent_lr_scale})
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale})
+        # Kept a group of its own even when it decays, so the groups (and the
+        # optimizer state a checkpoint holds) do not depend on decay_norms.
+        groups.append({"params": no_decay, "weight_decay": weight_decay if decay_norms else 0.0,
+                       "lr": lr * norm_lr_scale})
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.norm_lr_scale,
-                          cfg.latent_lr_scale)
+                          cfg.latent_lr_scale, cfg.decay_norms)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,  # type: ignore[arg-type]
                                nesterov=cfg.nesterov and cfg.momentum > 0)

@@ -71,6 +71,15 @@ def test_resnet20_parity_both_modes(resnet20_onnx: tuple[nn.Module, Path, Path])
         assert_parity(model, load_predictor(packed)(x.numpy()), x)
 
 
+def test_irnet_head_bn_parity(tmp_path: Path) -> None:
+    # the authors' network: a float BatchNorm1d between pooling and classifier
+    model = binarized("irnet_resnet20", 10)
+    path = export_onnx(model, tmp_path / "m.onnx").path
+    check_graph(path, 18)
+    x = torch.randn(5, 3, 32, 32)
+    assert_parity(model, session_run(path, x), x)
+
+
 def test_packed_graph_stores_bits(resnet20_onnx: tuple[nn.Module, Path, Path]) -> None:
     model, _, packed = resnet20_onnx
     proto = onnx.load(str(packed))

@@ -108,6 +108,17 @@ def test_resnet20(tmp_path: Path) -> None:
     assert_parity(model, out, x)
 
 
+@needs_ov
+def test_irnet_resnet20_head_bn(tmp_path: Path) -> None:
+    model = binarized("irnet_resnet20", 10)
+    res = export_openvino(model, tmp_path / "ov")
+    assert res.binary_convolutions == 18 and res.fallback == {}
+    x = torch.randn(4, 3, 32, 32)
+    out, binary = run(res.xml, x)
+    assert len(binary) == 18
+    assert_parity(model, out, x)
+
+
 def test_missing_openvino(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

@@ -33,6 +33,7 @@ def binarized(arch: str, num_classes: int, weights: Path | None = None,
 
 @pytest.mark.parametrize(("arch", "classes", "shape"), [
     ("cifar_resnet20", 10, (4, 3, 32, 32)),
+    ("irnet_resnet20", 10, (4, 3, 32, 32)),  # a float BatchNorm1d before the classifier
     pytest.param("resnet18", 1000, (2, 3, 224, 224), marks=pytest.mark.slow),
 ])
 def test_round_trip_exact_and_small(tmp_path: Path, arch: str, classes: int,

@@ -42,6 +42,7 @@ def _meta_state(arch: str, num_classes: int | None = None) -> dict[str, torch.Te
     ("cifar_resnet56", 10),
     ("cifar_resnet18", 100),
     ("vgg_small", 10),
+    ("irnet_resnet20", 10),  # the authors' 1W/1A network: cifar_resnet20's keys + bn2
 ])
 def test_builtin(arch: str, classes: int) -> None:
     assert recognize(_meta_state(arch, classes)) == (arch, classes)

@@ -22,11 +22,13 @@ PARAMS = {
     "cifar_resnet32": 464_154,
     "cifar_resnet44": 658_586,
     "cifar_resnet56": 853_018,
+    "irnet_resnet20": 269_722 + 2 * 64,  # + the head BatchNorm1d's scale and shift
 }
 # 3 stages x n blocks x 2 convs; stem conv1 and classifier linear stay fp32,
 # option-A shortcuts have no conv
 BINARIZED = {"cifar_resnet20": 18, "cifar_resnet32": 30, "cifar_resnet44": 42,
-             "cifar_resnet56": 54, "cifar_resnet18": 16, "vgg_small": 5}
+             "cifar_resnet56": 54, "cifar_resnet18": 16, "vgg_small": 5,
+             "irnet_resnet20": 18}
 WEIGHT_FILES = {
     "cifar_resnet20": "resnet20-12fca82f.th",
     "cifar_resnet32": "resnet32-d509ac18.th",
@@ -87,6 +89,27 @@ def test_builtin_conversion_counts(name: str, count: int) -> None:
     # 54 such layers overflow in eval mode until the stats are re-estimated
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(4, 3, 32, 32))).all()
+
+
+def test_irnet_head_normalises_the_pooled_features() -> None:
+    # The authors' network is the He et al. one with bn2 between pooling and
+    # classifier: with the same weights and an identity bn2 it computes the
+    # same function; with a fitted bn2 it computes linear(bn2(pooled)).
+    ir, plain = build_model("irnet_resnet20").eval(), build_model("cifar_resnet20").eval()
+    assert isinstance(ir.bn2, nn.BatchNorm1d) and plain.bn2 is None
+    ir.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ir.bn2.running_var.fill_(1 - ir.bn2.eps)
+        torch.testing.assert_close(ir(x), plain(x))
+        ir.bn2.running_mean.uniform_(-1, 1)
+        ir.bn2.weight.uniform_(0.5, 2)
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(
+            plain.layer3(plain.layer2(plain.layer1(plain.act(plain.bn1(plain.conv1(x)))))), 1), 1)
+        expected = plain.linear((pooled - ir.bn2.running_mean)
+                                / torch.sqrt(ir.bn2.running_var + ir.bn2.eps) * ir.bn2.weight
+                                + ir.bn2.bias)
+        torch.testing.assert_close(ir(x), expected)
 
 
 def test_aliases_and_depth_validation() -> None:

@@ -38,11 +38,23 @@ def test_shipped_recipe_loads_and_round_trips(path: Path, tmp_path: Path) -> Non
         assert recipe.data.std == (0.229, 0.224, 0.225)
 
 
+def test_default_recipes() -> None:
+    from irconvert.train.defaults import default_recipe_path
+
+    assert default_recipe_path("cifar_resnet56", 1).name == "cifar10-resnet20-finetune-1w1a.yaml"
+    assert default_recipe_path("cifar_resnet20", 32).name == "cifar10-resnet20-finetune-1w32a.yaml"
+    # the authors' network has no pretrained weights: their from-scratch recipe
+    assert default_recipe_path("irnet_resnet20", 1).name == "cifar10-resnet20-1w1a.yaml"
+    assert default_recipe_path("irnet_resnet20", 32) is None
+    assert default_recipe_path("cifar_resnet18", 1) is None and default_recipe_path(None, 1) is None
+
+
 def test_paper_settings() -> None:
     r = {p.name: load_recipe(p) for p in RECIPES}
     a = r["cifar10-resnet20-1w1a.yaml"]
     assert (a.epochs, a.batch_size, a.optimizer.lr, a.optimizer.momentum) == (400, 128, 0.1, 0.9)
     assert a.optimizer.weight_decay == 1e-4 and a.schedule.name == "cosine"
+    assert a.optimizer.decay_norms  # the authors' SGD decays every parameter
     assert (a.ede.t_min, a.ede.t_max, a.binarize.act_bits) == (0.001, 10.0, 1)
     b = r["cifar10-resnet20-1w32a.yaml"]
     assert (b.ede.t_min, b.binarize.act_bits) == (0.1, 32)
@@ -66,7 +78,7 @@ def test_paper_settings() -> None:
     ({"optimizer": {"name": "rmsprop"}},
      "field 'optimizer.name' must be one of sgd, adam, adamw, got 'rmsprop'"),
     ({"optimizer": {"lrr": 1}}, "unknown field 'optimizer.lrr'; did you mean 'optimizer.lr'? "
-                                  "allowed: betas, latent_lr_scale, lr,"),
+                                  "allowed: betas, decay_norms, latent_lr_scale, lr,"),
     ({"epochz": 1}, "unknown field 'epochz'; did you mean 'epochs'? allowed: amp, batch_size,"),
     ({"epochs": 1.5}, "field 'epochs' must be a positive integer, got 1.5"),
     ({"batch_size": True}, "field 'batch_size' must be a positive integer, got True"),

@@ -172,6 +172,28 @@ def test_no_weight_decay_on_bn_and_bias() -> None:
     assert groups[1]["weight_decay"] == 0.0
 
 
+def test_decay_norms_decays_bn_and_bias_as_sgd_weight_decay() -> None:
+    # the authors' code decays every parameter: one SGD step with zero
+    # gradients shrinks each 1-d parameter by lr * wd, and nothing else moves
+    from irconvert.config import OptimizerConfig
+    from irconvert.train.optim import build_optimizer, param_groups
+
+    model = TinyNet()
+    groups = param_groups(model, 1e-4, 0.1, decay_norms=True)
+    assert len(groups) == len(param_groups(model, 1e-4, 0.1))  # same groups, same state
+    assert groups[-1]["weight_decay"] == 1e-4
+    opt = build_optimizer(model, OptimizerConfig(lr=0.5, weight_decay=0.01, momentum=0.0,
+                                                 decay_norms=True))
+    with torch.no_grad():
+        model.bn1.weight.uniform_(0.5, 1.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] * (1 - 0.5 * 0.01))
+
+
 def test_sigterm_saves_last_pt(tiny_data: str, tmp_path: Path) -> None:
     import os
     import signal
