@@ -152,7 +152,7 @@ def test_teacher_field_rules() -> None:
 
 
 LEVERS = {"epochs": 2, "ede": {"t_min": 0.1, "t_max": 10.0, "per": "step"},
-          "optimizer": {"lr": 0.05, "norm_lr_scale": 0.5},
+          "optimizer": {"lr": 0.05, "norm_lr_scale": 0.5, "decay_norms": True},
           "data": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop": 8,
                    "padding": 1, "flip": "alternate"}}
 
