@@ -97,20 +97,10 @@ def test_fallback_is_reported_and_exact(tmp_path: Path) -> None:
 
 
 @needs_ov
-def test_resnet20(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["cifar_resnet20", "irnet_resnet20"])  # irnet: a BatchNorm1d head
+def test_resnet20(tmp_path: Path, arch: str) -> None:
     torch.manual_seed(0)
-    model = binarized("cifar_resnet20", 10, RESNET20)
-    res = export_openvino(model, tmp_path / "ov")
-    assert res.binary_convolutions == 18 and res.fallback == {}
-    x = torch.randn(4, 3, 32, 32)
-    out, binary = run(res.xml, x)
-    assert len(binary) == 18
-    assert_parity(model, out, x)
-
-
-@needs_ov
-def test_irnet_resnet20_head_bn(tmp_path: Path) -> None:
-    model = binarized("irnet_resnet20", 10)
+    model = binarized(arch, 10, RESNET20 if arch == "cifar_resnet20" else None)
     res = export_openvino(model, tmp_path / "ov")
     assert res.binary_convolutions == 18 and res.fallback == {}
     x = torch.randn(4, 3, 32, 32)
