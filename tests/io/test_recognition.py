@@ -48,10 +48,11 @@ def test_builtin(arch: str, classes: int) -> None:
     assert recognize(_meta_state(arch, classes)) == (arch, classes)
 
 
-def test_prefixes_and_missing_counters() -> None:
-    sd = {f"module.{k}": v for k, v in _meta_state("cifar_resnet20", 100).items()
+@pytest.mark.parametrize("arch", ["cifar_resnet20", "irnet_resnet20"])  # irnet: the authors' files
+def test_prefixes_and_missing_counters(arch: str) -> None:
+    sd = {f"module.{k}": v for k, v in _meta_state(arch, 100).items()
           if not k.endswith("num_batches_tracked")}
-    assert recognize(sd) == ("cifar_resnet20", 100)
+    assert recognize(sd) == (arch, 100)
 
 
 @pytest.mark.parametrize(("arch", "classes"), [("resnet18", 7), ("mobilenet_v3_small", 1000)])
