@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from irconvert.export.runtime import Predictor, load_predictor
+from irconvert.export.engines import onnx_predictor, ort_options
+from irconvert.export.runtime import Predictor, detect_format, load_predictor
 
 __all__ = ["BASELINE", "BenchRow", "bench", "bench_predictor", "build_comparison", "compare",
            "model_bytes"]
@@ -117,10 +118,8 @@ def _ort_default(path: Path, threads: int) -> Predictor:
     """onnxruntime with all its graph optimizations: the fair fp32 baseline."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), ort_options(threads, spin=False),
+                                   providers=["CPUExecutionProvider"])
 
     def run(x: np.ndarray) -> np.ndarray:
         out: np.ndarray = session.run(None, {"input": x})[0]
@@ -172,6 +171,17 @@ def build_comparison(src: str | os.PathLike[str], workdir: Path, *, data: str | 
 Engine = Path | Callable[[int], Predictor]
 
 
+def _engine(label: str, engine: Engine, threads: int) -> Predictor:
+    """One engine of :func:`compare`; onnxruntime without spin-waiting (see ort_options)."""
+    if callable(engine):
+        return engine(threads)
+    if label == BASELINE:
+        return _ort_default(engine, threads)
+    if detect_format(engine) == "onnx":
+        return onnx_predictor(Path(engine), threads, spin=False)
+    return load_predictor(engine, threads=threads, isolate=True)
+
+
 def compare(
     files: Mapping[str, Engine], batches: list[int], threads: list[int], *, warmup: int = 2,
     runs: int = 10, rounds: int = 3, input_size: tuple[int, ...] | None = None,
@@ -192,9 +202,7 @@ def compare(
     rounds = max(1, min(rounds, runs))
     per_round = -(-runs // rounds)
     for n in threads:
-        predictors = {label: path(n) if callable(path) else _ort_default(path, n)
-                      if label == BASELINE else load_predictor(path, threads=n, isolate=True)
-                      for label, path in files.items()}
+        predictors = {label: _engine(label, path, n) for label, path in files.items()}
         # each model at its own input size (recorded at export), else the
         # others' (the float baseline records none), else the default
         known = next((p.input_size for p in predictors.values() if p.input_size), None)
