@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from irconvert.export.engines import onnx_predictor, ort_options
-from irconvert.export.runtime import Predictor, detect_format, load_predictor
+from irconvert.export.runtime import Predictor, checked_format, load_predictor
 
 __all__ = ["BASELINE", "BenchRow", "bench", "bench_predictor", "build_comparison", "compare",
            "model_bytes"]
@@ -177,7 +177,7 @@ def _engine(label: str, engine: Engine, threads: int) -> Predictor:
         return engine(threads)
     if label == BASELINE:
         return _ort_default(engine, threads)
-    if detect_format(engine) == "onnx":
+    if checked_format(Path(engine)).name == "onnx":
         return onnx_predictor(Path(engine), threads, spin=False)
     return load_predictor(engine, threads=threads, isolate=True)
 

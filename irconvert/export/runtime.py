@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from irconvert.errors import LoadError
-from irconvert.export.formats import format_of
+from irconvert.export.formats import ExportFormat, format_of
 from irconvert.export.predictor import Predictor
 
-__all__ = ["Predictor", "detect_format", "load_predictor"]
+__all__ = ["Predictor", "checked_format", "detect_format", "load_predictor"]
 
 def detect_format(path: str | os.PathLike[str]) -> str:
     """``packed``, ``onnx`` or ``openvino`` from the path; LoadError otherwise."""
@@ -42,10 +42,15 @@ def load_predictor(path: str | os.PathLike[str], *, threads: int = 0,
         MissingDependencyError: the engine (onnxruntime, openvino) is not installed.
     """
     p = Path(path)
-    if not p.exists():
-        raise LoadError(f"{p}: no such file or directory")
-    fmt = format_of(p)
-    if p.is_file() and p.stat().st_size == 0:
-        raise LoadError(f"{p}: empty file (0 bytes); export it again, or copy it again if "
+    return checked_format(p).predictor(p, threads, isolate, precision)
+
+
+def checked_format(path: Path) -> ExportFormat:
+    """The format of an exported model that exists and is not empty; LoadError otherwise."""
+    if not path.exists():
+        raise LoadError(f"{path}: no such file or directory")
+    fmt = format_of(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise LoadError(f"{path}: empty file (0 bytes); export it again, or copy it again if "
                         "it was copied")
-    return fmt.predictor(p, threads, isolate, precision)
+    return fmt
