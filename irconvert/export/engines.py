@@ -73,10 +73,11 @@ def ort_options(threads: int, *, spin: bool = True) -> Any:
     """onnxruntime session options: ``threads`` intra-op threads, one inter-op.
 
     ``spin=False`` stops idle workers from spin-waiting for the next op. Alone,
-    spinning is onnxruntime's latency default; in a process that also runs
-    OpenVINO it takes a core from OpenVINO's pinned threads (ResNet-18 binary
-    IR on 2 threads of an AVX2 EPYC: 8.1 ms beside a spinning session, 5.9 ms
-    beside a quiet one), so engines timed side by side run without it.
+    spinning is onnxruntime's latency default; engines timed side by side in
+    one process run without it: in ``benchmarks/inference.py`` on 2 threads
+    of an AVX2 EPYC, the binary ResNet-18 IR timed right after onnxruntime's
+    turn took 10.7-11.6 ms at batch 1 beside spinning sessions and 6.1 ms
+    beside quiet ones (the same IR in a later slot: 6.0-7.0 ms either way).
     """
     import onnxruntime as ort
 
