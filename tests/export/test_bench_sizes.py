@@ -43,8 +43,8 @@ def test_each_model_runs_at_its_own_size(tmp_path: Path) -> None:
 
 def test_compare_runs_onnxruntime_without_spin_waiting(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    # Spinning onnxruntime workers take a core from the OpenVINO engine timed
-    # next in the same process, so every session compare() makes is quiet.
+    # Spinning onnxruntime sessions slowed the OpenVINO engine timed after
+    # them in the same process (docs/export.md), so compare() makes quiet ones.
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
@@ -56,7 +56,7 @@ def test_compare_runs_onnxruntime_without_spin_waiting(tmp_path: Path,
     path = tmp_path / "flat.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
-    spinning: list[str] = []
+    spinning: list[str | None] = []
     real = ort.InferenceSession
 
     def spy(model: object, options: object = None, *args: object, **kwargs: object) -> object:
