@@ -121,7 +121,7 @@ def _onnx_signs(path: Path, x: np.ndarray, threads: int) -> tuple[Signs, Signs, 
     import onnx
     import onnxruntime as ort
 
-    from irconvert.export.engines import ORT_DISABLED
+    from irconvert.export.engines import ORT_DISABLED, ort_options
 
     proto = onnx.load(str(path))
     producers = {out: node for node in proto.graph.node for out in node.output}
@@ -136,9 +136,7 @@ def _onnx_signs(path: Path, x: np.ndarray, threads: int) -> tuple[Signs, Signs, 
     have = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n)
                               for n in wanted if n not in have)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(proto.SerializeToString(), options,
+    session = ort.InferenceSession(proto.SerializeToString(), ort_options(threads),
                                    providers=["CPUExecutionProvider"],
                                    disabled_optimizers=ORT_DISABLED)
     first = proto.graph.output[0].name
