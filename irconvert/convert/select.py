@@ -54,6 +54,11 @@ def _se_prefixes(model: nn.Module) -> tuple[str, ...]:
                  if name and _SE_CLASS.search(type(m).__name__))
 
 
+def _attention_projections(model: nn.Module) -> frozenset[str]:
+    return frozenset(f"{name}.out_proj" if name else "out_proj"
+                     for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention))
+
+
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -64,6 +69,7 @@ def decide(
     """A :class:`Decision` for every conv/linear layer of ``model``, in module order."""
     stem, head = find_stem(model), find_classifier(model)
     se = _se_prefixes(model)
+    attention = _attention_projections(model)
     out: dict[str, Decision] = {}
     for name, module in model.named_modules():
         if isinstance(module, IRLayer):
@@ -72,13 +78,13 @@ def decide(
         if not is_candidate(module, layer_map):
             continue
         out[name] = _decide_one(name, module, config, layer_map, stem, head,
-                                name.startswith(se) if se else False)
+                                name.startswith(se) if se else False, name in attention)
     return out
 
 
 def _decide_one(
     name: str, module: nn.Module, config: BinarizeConfig, layer_map: LayerMap,
-    stem: set[str], head: set[str], in_se: bool = False,
+    stem: set[str], head: set[str], in_se: bool = False, in_attention: bool = False,
 ) -> Decision:
     if _matches(name, config.exclude):
         return Decision(False, "excluded by pattern")
@@ -94,6 +100,11 @@ def _decide_one(
     if not forced and config.keep_classifier and name in head:
         return Decision(False, "classifier")
     if type(module) not in layer_map:
+        if in_attention:
+            # F.multi_head_attention_forward reads out_proj.weight itself and
+            # never calls the module, so a replacement layer would not run.
+            return Decision(False, "attention output projection: nn.MultiheadAttention "
+                                   "reads its weight directly")
         kind = type(module)
         return Decision(False, f"unsupported layer type {kind.__module__}.{kind.__qualname__}")
     if getattr(module, "padding_mode", "zeros") != "zeros":

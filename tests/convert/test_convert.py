@@ -396,6 +396,26 @@ def test_unsupported_and_edge_layers_are_kept() -> None:
     assert got["4"] == "one weight per output channel"
 
 
+def test_attention_output_projection_says_why_it_is_kept() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Linear(4, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.mlp = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            x = self.attn(x, x, x, need_weights=False)[0]
+            return self.head(self.mlp(x).mean(1))
+
+    got = {r.name: r for r in plan(Block(), BinarizeConfig(act_bits=32)).rows}
+    assert not got["attn.out_proj"].binarize
+    assert got["attn.out_proj"].reason.startswith("attention output projection")
+    assert got["mlp"].reason == "binarized"
+
+
 def test_custom_layer_map() -> None:
     class MyConv(nn.Conv2d):
         pass
