@@ -99,12 +99,12 @@ def _decide_one(
         return Decision(False, "stem")
     if not forced and config.keep_classifier and name in head:
         return Decision(False, "classifier")
+    if in_attention:
+        # F.multi_head_attention_forward reads out_proj.weight itself and never
+        # calls the module, so a replacement would not run whatever layer_map says.
+        return Decision(False, "attention output projection: nn.MultiheadAttention "
+                               "reads its weight directly")
     if type(module) not in layer_map:
-        if in_attention:
-            # F.multi_head_attention_forward reads out_proj.weight itself and
-            # never calls the module, so a replacement layer would not run.
-            return Decision(False, "attention output projection: nn.MultiheadAttention "
-                                   "reads its weight directly")
         kind = type(module)
         return Decision(False, f"unsupported layer type {kind.__module__}.{kind.__qualname__}")
     if getattr(module, "padding_mode", "zeros") != "zeros":

@@ -414,6 +414,12 @@ def test_attention_output_projection_says_why_it_is_kept() -> None:
     assert not got["attn.out_proj"].binarize
     assert got["attn.out_proj"].reason.startswith("attention output projection")
     assert got["mlp"].reason == "binarized"
+    # Not even a layer map that knows the class, nor an include glob, swaps it.
+    layer_map = {**irconvert.convert.DEFAULT_LAYER_MAP,
+                 type(Block().attn.out_proj): IRLinear}
+    decisions = irconvert.convert.decide(Block(), BinarizeConfig(act_bits=32, include=("*",)),
+                                         layer_map)
+    assert not decisions["attn.out_proj"].binarize
 
 
 def test_custom_layer_map() -> None:
